@@ -1,0 +1,65 @@
+"""Input checks at the public boundary: clear ValueErrors before any compute."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from sal_jax import circuit as circuit_lib
+from sal_jax import losses
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_batch(circuit: circuit_lib.Circuit, batch) -> None:
+  """Raises ValueError if ``batch = (x, y)`` does not fit ``circuit``.
+
+  Shapes and dtypes are always checked; label values only when the labels are
+  concrete arrays (not under jit/vmap tracing).
+  """
+  if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+    raise ValueError(f"batch must be a pair (inputs, labels), got {type(batch)}")
+  x, y = batch
+  d_in, d_out = circuit.upstream_widths[0], circuit.upstream_widths[-1]
+  if np.ndim(x) != 2:
+    raise ValueError(
+        f"inputs must have rank 2 (batch, {d_in}), got shape {np.shape(x)}")
+  if np.shape(x)[1] != d_in:
+    raise ValueError(
+        f"input width {np.shape(x)[1]} does not match the circuit's input width "
+        f"{d_in} (inputs shape {np.shape(x)})")
+  if not np.issubdtype(np.asarray(x).dtype if _is_concrete(x) else x.dtype,
+                       np.floating):
+    raise ValueError(
+        f"inputs must be floating point (scale images to [-1, 1] first), got "
+        f"dtype {x.dtype}")
+  batch_size = np.shape(x)[0]
+  if batch_size == 0:
+    raise ValueError("batch is empty")
+  multi_label = losses.LOSSES[circuit.loss].multi_label
+  if multi_label:
+    if np.shape(y) != (batch_size, d_out):
+      raise ValueError(
+          f"loss {circuit.loss!r} needs multi-hot targets of shape "
+          f"({batch_size}, {d_out}), got {np.shape(y)}")
+    if _is_concrete(y):
+      y = np.asarray(y)
+      if not np.all((y == 0) | (y == 1)):
+        raise ValueError(f"multi-hot targets must be 0 or 1 for loss "
+                         f"{circuit.loss!r}")
+    return
+  if np.shape(y) != (batch_size,):
+    raise ValueError(
+        f"labels must have shape ({batch_size},) to match the inputs, got "
+        f"{np.shape(y)}")
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+  if _is_concrete(y):
+    y = np.asarray(y)
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= d_out:
+      raise ValueError(
+          f"labels out of range: found values in [{lo}, {hi}], expected "
+          f"[0, {d_out - 1}] for {d_out} outputs")

@@ -1,0 +1,101 @@
+"""The optax chain the plasticity rules feed (the authors' reference setup).
+
+G (the rule's update, signed as a gradient) is multiplied by its family's
+multiplier, clipped by global norm, given weight decay γM, and applied by SGD
+with momentum. The numeric hyperparameters live in the optimizer state
+(``optax.inject_hyperparams``), so one compiled step serves any learning
+rate, and a sweep can ``vmap`` over states that differ only in them.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import optax
+
+from sal_jax import circuit as circuit_lib
+
+Weights = circuit_lib.Weights
+
+REFERENCE_MULTIPLIERS = (1.0, 0.2, 1.0, 4.0)  # W : W̄ : V : V̄
+
+
+def scale_by_family(w, w_bar, v, v_bar) -> optax.GradientTransformation:
+  """Multiplies every update of a family by that family's multiplier."""
+
+  def update_fn(updates: Weights, state, params=None):
+    del params
+    scaled = Weights(*(
+        jax.tree.map(lambda g, m=m: g * m, family)
+        for family, m in zip(updates, (w, w_bar, v, v_bar))))
+    return scaled, state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def _plastic_mask(plastic: Sequence[str]):
+  """Weight decay only where the weights learn: frozen matrices stay put."""
+
+  def mask_fn(params: Weights) -> Weights:
+    return Weights(*(
+        jax.tree.map(lambda _, on=(name == "w" or name in plastic): on, family)
+        for name, family in zip(circuit_lib.FAMILIES, params)))
+
+  return mask_fn
+
+
+def reference(circuit: circuit_lib.Circuit,
+              learning_rate: float = 5e-3,
+              momentum: float = 0.9,
+              weight_decay: float = 1e-3,
+              clip_norm: float | None = 50.0,
+              multipliers: Sequence[float] = REFERENCE_MULTIPLIERS,
+              ) -> optax.GradientTransformation:
+  """The reference chain: multipliers, clip, decay, SGD with momentum.
+
+  Args:
+    circuit: decides which families get weight decay (the plastic ones).
+    learning_rate: SGD step size (η, shared by all families before the
+      multipliers).
+    momentum: heavy-ball momentum; 0 gives plain SGD.
+    weight_decay: γ, applied to plastic families after the multipliers.
+    clip_norm: global-norm bound of the scaled updates; None disables it.
+    multipliers: per-family multipliers (W, W̄, V, V̄).
+
+  Returns:
+    An ``optax.inject_hyperparams`` transformation whose state carries
+    ``learning_rate``, ``momentum``, ``weight_decay``, ``clip_norm`` and
+    ``m_w``, ``m_w_bar``, ``m_v``, ``m_v_bar`` as arrays.
+  """
+  if learning_rate < 0:
+    raise ValueError(f"learning_rate must be non-negative, got {learning_rate}")
+  if weight_decay < 0:
+    raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
+  if not 0 <= momentum < 1:
+    raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+  if clip_norm is not None and clip_norm <= 0:
+    raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
+  if len(multipliers) != 4 or any(m < 0 for m in multipliers):
+    raise ValueError(
+        f"multipliers must be four non-negative numbers (W, W̄, V, V̄), got "
+        f"{tuple(multipliers)}")
+  mask = _plastic_mask(circuit.plastic_families)
+
+  def chain(learning_rate, momentum, weight_decay, m_w, m_w_bar, m_v, m_v_bar,
+            clip_norm=None):
+    return optax.chain(
+        scale_by_family(m_w, m_w_bar, m_v, m_v_bar),
+        (optax.clip_by_global_norm(clip_norm) if clip_norm is not None
+         else optax.identity()),
+        optax.add_decayed_weights(weight_decay, mask=mask),
+        optax.sgd(learning_rate, momentum=momentum),
+    )
+
+  m_w, m_w_bar, m_v, m_v_bar = (float(m) for m in multipliers)
+  kwargs = dict(learning_rate=learning_rate, momentum=momentum,
+                weight_decay=weight_decay, m_w=m_w, m_w_bar=m_w_bar, m_v=m_v,
+                m_v_bar=m_v_bar)
+  if clip_norm is not None:
+    kwargs["clip_norm"] = clip_norm
+  return optax.inject_hyperparams(chain)(**kwargs)

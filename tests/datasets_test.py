@@ -1,0 +1,220 @@
+"""Loaders read every distributed format exactly, and fail with clear errors.
+
+Each test writes a few images in the dataset's real on-disk format.
+"""
+
+import gzip
+import pathlib
+import pickle
+
+import jax
+import numpy as np
+import pytest
+
+from sal_jax import datasets
+
+SHARED = pathlib.Path(__file__).parents[1] / "../shared/datasets"
+
+
+def _images(rng, n, shape):
+  return rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
+
+
+def _write_idx(path, array, gz):
+  header = bytes([0, 0, 8, array.ndim]) + b"".join(
+      int(d).to_bytes(4, "big") for d in array.shape)
+  data = header + array.astype(np.uint8).tobytes()
+  if gz:
+    with gzip.open(str(path) + ".gz", "wb") as f:
+      f.write(data)
+  else:
+    path.write_bytes(data)
+
+
+def _split(rng, shape, classes, n_train=6, n_test=3):
+  return dict(x_train=_images(rng, n_train, shape),
+              y_train=rng.integers(0, classes, n_train),
+              x_test=_images(rng, n_test, shape),
+              y_test=rng.integers(0, classes, n_test))
+
+
+def _assert_loaded(ds, expected):
+  for k, v in expected.items():
+    np.testing.assert_array_equal(getattr(ds, k), v, err_msg=k)
+  assert ds.y_train.dtype == np.int32 and ds.x_train.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_files_raw_or_gzipped_load_exactly(tmp_path, rng, name, gz):
+  expected = _split(rng, (28, 28), 10)
+  stems = {"x_train": "train-images-idx3-ubyte",
+           "y_train": "train-labels-idx1-ubyte",
+           "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+  for k, stem in stems.items():
+    _write_idx(tmp_path / stem, expected[k], gz)
+  _assert_loaded(datasets.load(name, tmp_path), expected)
+
+
+def test_cifar10_python_batches_load_exactly(tmp_path, rng):
+  folder = tmp_path / "cifar10" / "cifar-10-batches-py"  # sub-folder by name
+  folder.mkdir(parents=True)
+  xs, ys = [], []
+  for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    x = _images(rng, 2, (32, 32, 3))
+    y = list(rng.integers(0, 10, 2))
+    data = x.transpose(0, 3, 1, 2).reshape(2, 3072)  # R plane, G, B
+    with open(folder / name, "wb") as f:
+      pickle.dump({b"data": data, b"labels": y}, f)
+    xs.append(x)
+    ys.append(y)
+  ds = datasets.load("cifar10", tmp_path)
+  _assert_loaded(ds, dict(x_train=np.concatenate(xs[:5]),
+                          y_train=np.concatenate(ys[:5]),
+                          x_test=xs[5], y_test=ys[5]))
+
+
+def test_svhn_mat_files_load_exactly_with_ten_meaning_zero(tmp_path, rng):
+  import scipy.io  # pylint: disable=g-import-not-at-top
+  expected = _split(rng, (32, 32, 3), 10)
+  for split in ("train", "test"):
+    y = expected[f"y_{split}"]
+    scipy.io.savemat(tmp_path / f"{split}_32x32.mat", {
+        "X": expected[f"x_{split}"].transpose(1, 2, 3, 0),
+        "y": np.where(y == 0, 10, y).reshape(-1, 1).astype(np.uint8)})
+  _assert_loaded(datasets.load("svhn_cropped", tmp_path), expected)
+
+
+def test_stl10_binary_files_load_exactly(tmp_path, rng):
+  folder = tmp_path / "stl10_binary"
+  folder.mkdir()
+  expected = _split(rng, (96, 96, 3), 10, n_train=3, n_test=2)
+  for split in ("train", "test"):
+    # Column-major per channel, channels first, as the STL-10 authors wrote.
+    expected[f"x_{split}"].transpose(0, 3, 2, 1).tofile(
+        folder / f"{split}_X.bin")
+    (expected[f"y_{split}"] + 1).astype(np.uint8).tofile(
+        folder / f"{split}_y.bin")
+  _assert_loaded(datasets.load("stl10", tmp_path), expected)
+
+
+def test_medmnist_npz_files_load_exactly(tmp_path, rng):
+  path_x = _split(rng, (28, 28, 3), 9)
+  np.savez_compressed(tmp_path / "pathmnist.npz",
+                      train_images=path_x["x_train"],
+                      train_labels=path_x["y_train"].reshape(-1, 1),
+                      val_images=path_x["x_test"],
+                      val_labels=path_x["y_test"].reshape(-1, 1),
+                      test_images=path_x["x_test"],
+                      test_labels=path_x["y_test"].reshape(-1, 1))
+  _assert_loaded(datasets.load("pathmnist", tmp_path), path_x)
+  chest = dict(x_train=_images(rng, 5, (28, 28)),
+               y_train=rng.integers(0, 2, (5, 14)),
+               x_test=_images(rng, 2, (28, 28)),
+               y_test=rng.integers(0, 2, (2, 14)))
+  np.savez(tmp_path / "chestmnist.npz",
+           train_images=chest["x_train"], train_labels=chest["y_train"],
+           test_images=chest["x_test"], test_labels=chest["y_test"])
+  ds = datasets.load("chestmnist", tmp_path)
+  _assert_loaded(ds, chest)
+  assert ds.multi_label and ds.num_classes == 14
+
+
+def test_plain_npz_loads_exactly(tmp_path, rng):
+  expected = _split(rng, (28, 28), 10)
+  np.savez_compressed(tmp_path / "fashion_mnist.npz", **expected)
+  _assert_loaded(datasets.load("fashion_mnist", tmp_path, source="local"),
+                 expected)
+
+
+def test_tfds_source_reads_prepared_data(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=4,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    ds = datasets.load("mnist", tmp_path, source="tfds")
+  assert ds.x_train.shape == (4, 28, 28) and ds.x_train.dtype == np.uint8
+  assert ds.y_train.shape == (4,) and ds.source.startswith("tfds:mnist")
+
+
+def test_missing_dataset_error_says_where_what_and_how(tmp_path):
+  with pytest.raises(datasets.DatasetNotFoundError) as e:
+    datasets.load("svhn_cropped", tmp_path)
+  message = str(e.value)
+  assert str(tmp_path) in message
+  assert "train_32x32.mat" in message and "ufldl.stanford.edu" in message
+  assert "tfds build svhn_cropped" in message
+
+
+def test_unknown_dataset_and_source_raise_value_error(tmp_path):
+  with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+    datasets.load("imagenet", tmp_path)
+  with pytest.raises(ValueError, match="unknown source"):
+    datasets.load("mnist", tmp_path, source="web")
+
+
+def test_truncated_idx_file_error_names_the_file(tmp_path, rng):
+  expected = _split(rng, (28, 28), 10)
+  for k, stem in {"x_train": "train-images-idx3-ubyte",
+                  "y_train": "train-labels-idx1-ubyte",
+                  "x_test": "t10k-images-idx3-ubyte",
+                  "y_test": "t10k-labels-idx1-ubyte"}.items():
+    _write_idx(tmp_path / stem, expected[k], gz=False)
+  bad = tmp_path / "train-images-idx3-ubyte"
+  bad.write_bytes(bad.read_bytes()[:-10])
+  with pytest.raises(ValueError, match="train-images-idx3-ubyte.*truncated"):
+    datasets.load("mnist", tmp_path)
+
+
+def test_corrupt_npz_error_names_the_file(tmp_path):
+  (tmp_path / "mnist.npz").write_bytes(b"PK\x03\x04 not really a zip")
+  with pytest.raises(ValueError, match="mnist.npz"):
+    datasets.load("mnist", tmp_path)
+
+
+def test_wrong_shape_and_out_of_range_labels_name_the_file(tmp_path, rng):
+  bad_shape = _split(rng, (27, 28), 10)
+  np.savez(tmp_path / "mnist.npz", **bad_shape)
+  with pytest.raises(ValueError, match=r"mnist.npz.*image shape \(27, 28\)"):
+    datasets.load("mnist", tmp_path)
+  bad_labels = _split(rng, (28, 28), 10)
+  bad_labels["y_test"][0] = 12
+  np.savez(tmp_path / "fashion_mnist.npz", **bad_labels)
+  with pytest.raises(ValueError, match="fashion_mnist.npz.*out of range"):
+    datasets.load("fashion_mnist", tmp_path)
+
+
+def test_epoch_batches_are_a_permutation_dropping_the_last_partial_batch():
+  images = np.arange(10, dtype=np.uint8).reshape(10, 1)
+  labels = np.arange(10, dtype=np.int32)
+  x, y = jax.jit(datasets.epoch_batches, static_argnums=3)(
+      jax.random.key(0), images, labels, 3)
+  assert x.shape == (3, 3, 1) and y.shape == (3, 3)
+  np.testing.assert_array_equal(np.asarray(x)[..., 0], y)  # pairs stay paired
+  assert len(set(np.asarray(y).ravel())) == 9
+  x2, _ = datasets.epoch_batches(jax.random.key(1), images, labels, 3)
+  assert not np.array_equal(x, x2)
+
+
+def test_iterate_keeps_the_last_partial_batch_when_asked():
+  images = np.zeros((10, 2, 2), np.uint8)
+  labels = np.zeros(10, np.int32)
+  sizes = [len(b[1]) for b in datasets.iterate(images, labels, 4,
+                                               drop_remainder=False)]
+  assert sizes == [4, 4, 2]
+  assert [len(b[1]) for b in datasets.iterate(images, labels, 4)] == [4, 4]
+
+
+def test_preprocess_scales_to_minus_one_one_and_flattens():
+  images = np.array([[[0, 255], [128, 64]]], np.uint8)
+  x, _ = datasets.preprocess(images, np.zeros(1, np.int32))
+  np.testing.assert_allclose(x, [[-1.0, 1.0, 128 / 127.5 - 1, 64 / 127.5 - 1]],
+                             atol=1e-6)
+
+
+@pytest.mark.skipif(not (SHARED / "mnist.npz").exists(),
+                    reason="shared datasets not present")
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_shared_copies_load_with_official_counts(name):
+  ds = datasets.load(name, SHARED)
+  assert ds.x_train.shape == (60000, 28, 28) and ds.x_test.shape[0] == 10000
+  assert np.bincount(ds.y_test).sum() == 10000

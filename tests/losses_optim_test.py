@@ -1,0 +1,117 @@
+"""Output errors, the optax chain, and the diagnostics."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sal_jax as sj
+from sal_jax import diagnostics
+from tests.conftest import random_batch
+
+
+@pytest.mark.parametrize("name", sorted(sj.LOSSES))
+def test_output_error_is_minus_the_loss_derivative(rng, name):
+  loss = sj.LOSSES[name]
+  logits = jnp.asarray(rng.standard_normal((5, 4)), jnp.float32)
+  _, y = random_batch(rng, 5, 1, 4, multi_label=loss.multi_label)
+  grad = jax.grad(lambda z: jnp.sum(loss.value(z, y)))(logits)
+  chex.assert_trees_all_close(loss.error(logits, y), -grad, rtol=1e-5,
+                              atol=1e-7)
+
+
+def test_multi_label_accuracy_is_mean_per_label_accuracy():
+  loss = sj.LOSSES["sigmoid_cross_entropy"]
+  logits = jnp.array([[1.0, -1.0, 1.0, -1.0]])
+  targets = jnp.array([[1.0, 1.0, 0.0, 0.0]])
+  np.testing.assert_allclose(loss.correct(logits, targets), [0.5])
+
+
+def test_reference_chain_is_multiplier_clip_decay_then_momentum_sgd():
+  circuit = sj.Circuit(widths=(3, 4, 2), method="sal")
+  lr, mom, wd, clip = 0.1, 0.9, 0.01, 0.5
+  mult = (1.0, 0.2, 1.0, 4.0)
+  opt = sj.reference_optimizer(circuit, learning_rate=lr, momentum=mom,
+                               weight_decay=wd, clip_norm=clip,
+                               multipliers=mult)
+  params = sj.init_weights(jax.random.key(0), circuit)
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = opt.init(params)
+  buf = jax.tree.map(jnp.zeros_like, params)
+  p_ref = params
+  for _ in range(3):
+    updates, state = opt.update(grads, state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+    scaled = sj.Weights(*(jax.tree.map(lambda g, m=m: g * m, fam)
+                          for fam, m in zip(grads, mult)))
+    norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(scaled)))
+    clipped = jax.tree.map(lambda g: g * jnp.minimum(1.0, clip / norm), scaled)
+    decayed = jax.tree.map(lambda g, p: g + wd * p, clipped, p_ref)
+    buf = jax.tree.map(lambda b, g: mom * b + g, buf, decayed)
+    p_ref = jax.tree.map(lambda p, b: p - lr * b, p_ref, buf)
+  chex.assert_trees_all_close(params, p_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_frozen_families_get_neither_updates_nor_weight_decay(rng):
+  circuit = sj.Circuit(widths=(6, 8, 9, 4), method="sal", plastic=("v",))
+  opt = sj.reference_optimizer(circuit, learning_rate=0.1, weight_decay=0.5)
+  state = sj.init_state(jax.random.key(0), circuit, opt)
+  before = jax.tree.map(np.array, state.weights)
+  step = sj.make_step(circuit, opt)
+  for _ in range(3):
+    state, _ = step(state, random_batch(rng, 8, 6, 4))
+  chex.assert_trees_all_equal(state.weights.w_bar, before.w_bar)
+  chex.assert_trees_all_equal(state.weights.v_bar, before.v_bar)
+  assert not np.allclose(state.weights.v[0], before.v[0])
+
+
+def test_learning_rate_lives_in_the_optimizer_state_and_can_be_changed(rng):
+  circuit = sj.Circuit(widths=(6, 8, 4), method="sal")
+  opt = sj.reference_optimizer(circuit)
+  state = sj.init_state(jax.random.key(0), circuit, opt)
+  state.opt_state.hyperparams["learning_rate"] = jnp.asarray(0.0)
+  before = jax.tree.map(np.array, state.weights)
+  state, _ = sj.make_step(circuit, opt)(state, random_batch(rng, 4, 6, 4))
+  chex.assert_trees_all_equal(state.weights, before)
+
+
+def test_any_optax_transformation_can_replace_the_reference_chain(rng):
+  import optax  # pylint: disable=g-import-not-at-top
+  circuit = sj.Circuit(widths=(6, 8, 4), method="sal")
+  opt = optax.adam(1e-3)
+  state = sj.init_state(jax.random.key(0), circuit, opt)
+  state, metrics = sj.make_step(circuit, opt)(state, random_batch(rng, 4, 6, 4))
+  chex.assert_tree_all_finite((state.weights, metrics))
+
+
+def test_effective_rank_of_identity_is_its_size_and_of_rank_one_is_one():
+  np.testing.assert_allclose(sj.effective_rank(jnp.eye(7)), 7.0, rtol=1e-5)
+  u = jnp.arange(1.0, 6.0)
+  np.testing.assert_allclose(sj.effective_rank(jnp.outer(u, u)), 1.0,
+                             rtol=1e-4)
+
+
+def test_lemma1_gap_is_zero_for_transposed_pairs_and_angle_zero_for_tied():
+  circuit = sj.Circuit(widths=(6, 8, 9, 4), method="sal")
+  w = sj.init_weights(jax.random.key(0), circuit)
+  w = w._replace(v_bar=tuple(v.T for v in w.v),
+                 w_bar=tuple(m.T for m in w.w[1:]))
+  np.testing.assert_allclose(diagnostics.lemma1_gap(w), 0.0, atol=1e-7)
+  np.testing.assert_allclose(diagnostics.feedback_angle(circuit, w), 0.0,
+                             atol=0.1)
+  wide = sj.Circuit(widths=(6, 8, 9, 4), ratio=2.0)
+  assert diagnostics.feedback_angle(
+      wide, sj.init_weights(jax.random.key(0), wide)) is None
+
+
+def test_gradient_cosine_is_one_for_backprop_and_not_for_random_feedback(rng):
+  batch = random_batch(rng, 16, 6, 4)
+  for method, expect_one in (("sgd", True), ("fa", False)):
+    circuit = sj.Circuit(widths=(6, 8, 9, 4), method=method)
+    opt = sj.reference_optimizer(circuit)
+    state = sj.init_state(jax.random.key(0), circuit, opt)
+    _, metrics = sj.make_step(circuit, opt, diagnostics=True)(state, batch)
+    cos = np.asarray(metrics["grad_cosine"])
+    np.testing.assert_allclose(cos[-1], 1.0, rtol=1e-5)  # output layer: exact
+    assert np.allclose(cos, 1.0, atol=1e-5) == expect_one, cos

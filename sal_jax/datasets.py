@@ -405,20 +405,24 @@ def preprocess(images: Array, labels: Array) -> tuple[Array, Array]:
   return x, y
 
 
-def epoch_batches(key: Array, images: Array, labels: Array,
-                  batch_size: int) -> tuple[Array, Array]:
-  """A shuffled epoch as [num_batches, batch_size, ...] arrays, jit-friendly.
+def epoch_indices(key: Array, num_examples: int, batch_size: int) -> Array:
+  """A shuffled epoch's example indices, [num_batches, batch_size].
 
   The permutation comes from ``key``; the last partial batch is dropped.
   """
-  n = images.shape[0]
-  num_batches = n // batch_size
+  num_batches = num_examples // batch_size
   if num_batches == 0:
-    raise ValueError(f"batch_size {batch_size} exceeds the {n} examples")
-  perm = jax.random.permutation(key, n)[:num_batches * batch_size]
-  shape = (num_batches, batch_size)
-  return (images[perm].reshape(shape + images.shape[1:]),
-          labels[perm].reshape(shape + labels.shape[1:]))
+    raise ValueError(
+        f"batch_size {batch_size} exceeds the {num_examples} examples")
+  perm = jax.random.permutation(key, num_examples)
+  return perm[:num_batches * batch_size].reshape(num_batches, batch_size)
+
+
+def epoch_batches(key: Array, images: Array, labels: Array,
+                  batch_size: int) -> tuple[Array, Array]:
+  """A shuffled epoch as [num_batches, batch_size, ...] arrays, jit-friendly."""
+  idx = epoch_indices(key, images.shape[0], batch_size)
+  return images[idx], labels[idx]
 
 
 def iterate(images, labels, batch_size: int, key: Array | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from sal_jax import circuit as circuit_lib
@@ -99,3 +100,18 @@ def reference(circuit: circuit_lib.Circuit,
   if clip_norm is not None:
     kwargs["clip_norm"] = clip_norm
   return optax.inject_hyperparams(chain)(**kwargs)
+
+
+def with_hyperparams(opt_state, **values):
+  """A copy of an ``inject_hyperparams`` state with some hyperparameters set.
+
+  Works under ``vmap``, so each member of a sweep can carry its own values.
+  """
+  unknown = set(values) - set(opt_state.hyperparams)
+  if unknown:
+    raise ValueError(f"unknown hyperparameters {sorted(unknown)}; the "
+                     f"optimizer has {sorted(opt_state.hyperparams)}")
+  hyperparams = dict(opt_state.hyperparams)
+  for name, value in values.items():
+    hyperparams[name] = jnp.asarray(value, hyperparams[name].dtype)
+  return opt_state._replace(hyperparams=hyperparams)

@@ -1,0 +1,138 @@
+"""Training as XLA programs: a scanned epoch, in-jit evaluation, vmapped sweeps.
+
+The data live on the device as uint8 arrays; each epoch's permutation comes
+from a PRNG key inside jit, every batch is gathered and preprocessed inside the
+scan, and ``train_step`` runs unchanged. A sweep is the same epoch under
+``jax.vmap`` over states (seeds and the hyperparameters held in the optimizer
+state), so N configurations compile once and run together.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sal_jax import circuit as circuit_lib
+from sal_jax import datasets
+from sal_jax import losses
+from sal_jax import optim
+from sal_jax import train
+
+Array = jax.Array
+Circuit = circuit_lib.Circuit
+
+
+def make_epoch(circuit: Circuit, optimizer: optax.GradientTransformation,
+               batch_size: int, *, diagnostics: bool = False,
+               batch_sharding=None) -> Callable:
+  """Returns ``epoch(state, key, images, labels) -> (state, metrics)``.
+
+  ``metrics`` holds one row per step. Not jitted: wrap it in ``jax.jit`` (or
+  ``jax.vmap`` first, for a sweep), donating the state.
+
+  Args:
+    circuit: static configuration.
+    optimizer: the optax transformation the rules feed.
+    batch_size: examples per step; the last partial batch is dropped.
+    diagnostics: add the per-step diagnostics to the metrics.
+    batch_sharding: optional sharding each batch is constrained to (data
+      parallelism, see ``parallel``).
+  """
+
+  def epoch(state: train.TrainState, key: Array, images: Array,
+            labels: Array):
+    idx = datasets.epoch_indices(key, images.shape[0], batch_size)
+
+    def body(state, idx_B):
+      batch = datasets.preprocess(images[idx_B], labels[idx_B])
+      if batch_sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      return train.train_step(circuit, optimizer, state, batch,
+                              diagnostics=diagnostics)
+
+    return jax.lax.scan(body, state, idx)
+
+  return epoch
+
+
+def evaluate_arrays(circuit: Circuit, weights: circuit_lib.Weights,
+                    images: Array, labels: Array,
+                    batch_size: int = 2000) -> dict[str, Array]:
+  """Mean loss and accuracy over all examples (the partial batch included).
+
+  Jit-friendly: full chunks run in a scan, the remainder once more.
+  """
+  loss = losses.LOSSES[circuit.loss]
+  n = images.shape[0]
+
+  def sums(imgs, lbls):
+    x, y = datasets.preprocess(imgs, lbls)
+    logits = circuit_lib.upstream(weights.w, x).output
+    return jnp.stack([jnp.sum(loss.value(logits, y)),
+                      jnp.sum(loss.correct(logits, y))])
+
+  full = (n // batch_size) * batch_size
+  total = jnp.zeros(2)
+  if full:
+    chunks = (images[:full].reshape((-1, batch_size) + images.shape[1:]),
+              labels[:full].reshape((-1, batch_size) + labels.shape[1:]))
+    total += jax.lax.scan(lambda c, b: (c + sums(*b), None), total,
+                          chunks)[0]
+  if full < n:
+    total += sums(images[full:], labels[full:])
+  return {"loss": total[0] / n, "accuracy": total[1] / n}
+
+
+def init_sweep(keys: Array, circuit: Circuit,
+               optimizer: optax.GradientTransformation,
+               **hyperparams: Array) -> train.TrainState:
+  """A batch of states, one per key, with per-member hyperparameters.
+
+  Args:
+    keys: [N] PRNG keys (the seeds).
+    circuit: static configuration shared by all members.
+    optimizer: an ``optax.inject_hyperparams`` transformation (such as
+      ``optim.reference``) when hyperparameters are given.
+    **hyperparams: [N] arrays, e.g. ``learning_rate=jnp.array([...])``.
+  """
+
+  def member(key, hp):
+    state = train.init_state(key, circuit, optimizer)
+    if hp:
+      state = state.replace(
+          opt_state=optim.with_hyperparams(state.opt_state, **hp))
+    return state
+
+  return jax.vmap(member)(keys, {k: jnp.asarray(v)
+                                 for k, v in hyperparams.items()})
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _sweep_epoch(circuit, optimizer, batch_size, diagnostics, states, keys,
+                 images, labels):
+  epoch = make_epoch(circuit, optimizer, batch_size, diagnostics=diagnostics)
+  return jax.vmap(epoch, in_axes=(0, 0, None, None))(states, keys, images,
+                                                     labels)
+
+
+def sweep_epoch(circuit: Circuit, optimizer: optax.GradientTransformation,
+                batch_size: int, states: train.TrainState, keys: Array,
+                images: Array, labels: Array, *, diagnostics: bool = False):
+  """One epoch of every member of a sweep, as one compiled program.
+
+  A member that diverges (non-finite loss) produces NaNs in its own rows only.
+  """
+  return _sweep_epoch(circuit, optimizer, batch_size, diagnostics, states,
+                      keys, images, labels)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def sweep_evaluate(circuit: Circuit, weights: circuit_lib.Weights,
+                   images: Array, labels: Array, batch_size: int = 2000):
+  """``evaluate_arrays`` for every member of a sweep."""
+  return jax.vmap(lambda w: evaluate_arrays(circuit, w, images, labels,
+                                            batch_size))(weights)

@@ -1,0 +1,93 @@
+"""Scanned epochs and vmapped sweeps compute what the per-step loop computes."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import sal_jax as sj
+from sal_jax import datasets
+from sal_jax import loop
+
+
+def _data(rng, n=50):
+  images = rng.integers(0, 256, (n, 4, 3), dtype=np.uint8)
+  labels = rng.integers(0, 5, n).astype(np.int32)
+  return images, labels
+
+
+def test_scanned_epoch_equals_the_per_step_loop_on_the_same_batches(rng):
+  circuit = sj.Circuit(widths=(12, 16, 16, 5), method="sal")
+  opt = sj.reference_optimizer(circuit, learning_rate=0.05)
+  images, labels = _data(rng)
+  key = jax.random.key(7)
+  state = sj.init_state(jax.random.key(0), circuit, opt)
+  looped = jax.tree.map(jnp.copy, state)
+  scanned, metrics = jax.jit(loop.make_epoch(circuit, opt, 8))(
+      state, key, images, labels)
+  step = sj.make_step(circuit, opt)
+  losses = []
+  for idx in np.asarray(datasets.epoch_indices(key, 50, 8)):
+    looped, m = step(looped, datasets.preprocess(images[idx], labels[idx]))
+    losses.append(m["loss"])
+  assert metrics["loss"].shape == (6,)  # 50 // 8: last partial batch dropped
+  chex.assert_trees_all_close(scanned.weights, looped.weights, rtol=1e-5,
+                              atol=1e-6)
+  np.testing.assert_allclose(metrics["loss"], losses, rtol=1e-5)
+
+
+def test_sweep_members_equal_separate_runs_with_their_own_hyperparams(rng):
+  circuit = sj.Circuit(widths=(12, 16, 16, 5), method="sal")
+  opt = sj.reference_optimizer(circuit)
+  images, labels = _data(rng)
+  keys = jax.random.split(jax.random.key(0), 3)
+  lrs = jnp.array([0.01, 0.05, 0.0])
+  m_v_bars = jnp.array([4.0, 1.0, 2.0])
+  states = loop.init_sweep(keys, circuit, opt, learning_rate=lrs,
+                           m_v_bar=m_v_bars)
+  epoch_keys = jax.random.split(jax.random.key(1), 3)
+  states, metrics = loop.sweep_epoch(circuit, opt, 8, states, epoch_keys,
+                                     images, labels)
+  evals = loop.sweep_evaluate(circuit, states.weights, images, labels)
+  for i in range(3):
+    alone = sj.reference_optimizer(circuit, learning_rate=float(lrs[i]),
+                                   multipliers=(1.0, 0.2, 1.0,
+                                                float(m_v_bars[i])))
+    state = sj.init_state(keys[i], circuit, alone)
+    state, m = jax.jit(loop.make_epoch(circuit, alone, 8))(
+        state, epoch_keys[i], images, labels)
+    chex.assert_trees_all_close(jax.tree.map(lambda t: t[i], states.weights),
+                                state.weights, rtol=1e-5, atol=1e-6)
+    ev = loop.evaluate_arrays(circuit, state.weights, images, labels)
+    np.testing.assert_allclose(evals["accuracy"][i], ev["accuracy"])
+  # A zero learning rate leaves the third member at its initialisation.
+  init = loop.init_sweep(keys, circuit, opt)
+  chex.assert_trees_all_equal(jax.tree.map(lambda t: t[2], states.weights),
+                              jax.tree.map(lambda t: t[2], init.weights))
+
+
+def test_a_diverging_member_does_not_touch_the_others(rng):
+  circuit = sj.Circuit(widths=(12, 16, 16, 5), method="sal")
+  opt = sj.reference_optimizer(circuit, clip_norm=None)
+  images, labels = _data(rng)
+  keys = jax.random.split(jax.random.key(0), 2)
+  states = loop.init_sweep(keys, circuit, opt,
+                           learning_rate=jnp.array([1e5, 0.01]))
+  states, metrics = loop.sweep_epoch(circuit, opt, 8, states,
+                                     jax.random.split(keys[0], 2), images,
+                                     labels)
+  assert not np.all(np.isfinite(metrics["loss"][0]))
+  assert np.all(np.isfinite(metrics["loss"][1]))
+  chex.assert_tree_all_finite(jax.tree.map(lambda t: t[1], states.weights))
+
+
+def test_in_jit_evaluation_counts_the_last_partial_batch(rng):
+  circuit = sj.Circuit(widths=(12, 16, 5), method="sgd")
+  images, labels = _data(rng, n=23)
+  weights = sj.init_weights(jax.random.key(0), circuit)
+  got = jax.jit(loop.evaluate_arrays, static_argnums=(0, 4))(
+      circuit, weights, images, labels, 10)
+  want = sj.evaluate(circuit, weights,
+                     datasets.preprocess(images, labels), batch_size=23)
+  np.testing.assert_allclose(got["accuracy"], want["accuracy"], rtol=1e-6)
+  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)

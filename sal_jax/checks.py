@@ -9,15 +9,21 @@ from sal_jax import circuit as circuit_lib
 from sal_jax import losses
 
 
-def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
+def _dtype(x) -> np.dtype:
+  return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+
+
+def _on_host(x) -> bool:
+  """Value checks only for host arrays: reading device arrays would sync."""
+  return isinstance(x, (np.ndarray, list, tuple))
 
 
 def check_batch(circuit: circuit_lib.Circuit, batch) -> None:
   """Raises ValueError if ``batch = (x, y)`` does not fit ``circuit``.
 
-  Shapes and dtypes are always checked; label values only when the labels are
-  concrete arrays (not under jit/vmap tracing).
+  Shapes and dtypes are always checked; label values only for host (numpy)
+  labels, since reading device arrays would stall asynchronous dispatch.
+  Device-resident datasets are checked once, when ``datasets.load`` reads them.
   """
   if not isinstance(batch, (tuple, list)) or len(batch) != 2:
     raise ValueError(f"batch must be a pair (inputs, labels), got {type(batch)}")
@@ -30,8 +36,7 @@ def check_batch(circuit: circuit_lib.Circuit, batch) -> None:
     raise ValueError(
         f"input width {np.shape(x)[1]} does not match the circuit's input width "
         f"{d_in} (inputs shape {np.shape(x)})")
-  if not np.issubdtype(np.asarray(x).dtype if _is_concrete(x) else x.dtype,
-                       np.floating):
+  if not np.issubdtype(_dtype(x), np.floating):
     raise ValueError(
         f"inputs must be floating point (scale images to [-1, 1] first), got "
         f"dtype {x.dtype}")
@@ -44,7 +49,7 @@ def check_batch(circuit: circuit_lib.Circuit, batch) -> None:
       raise ValueError(
           f"loss {circuit.loss!r} needs multi-hot targets of shape "
           f"({batch_size}, {d_out}), got {np.shape(y)}")
-    if _is_concrete(y):
+    if _on_host(y):
       y = np.asarray(y)
       if not np.all((y == 0) | (y == 1)):
         raise ValueError(f"multi-hot targets must be 0 or 1 for loss "
@@ -54,9 +59,9 @@ def check_batch(circuit: circuit_lib.Circuit, batch) -> None:
     raise ValueError(
         f"labels must have shape ({batch_size},) to match the inputs, got "
         f"{np.shape(y)}")
-  if not np.issubdtype(y.dtype, np.integer):
+  if not np.issubdtype(_dtype(y), np.integer):
     raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-  if _is_concrete(y):
+  if _on_host(y):
     y = np.asarray(y)
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= d_out:

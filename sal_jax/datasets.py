@@ -17,6 +17,8 @@ Local formats, looked for in ``data_dir`` (or a sub-folder named as below):
 | stl10         | stl10_binary/{train,test}_{X,y}.bin                         |
 | pathmnist     | pathmnist.npz (as the medmnist package writes it)           |
 | chestmnist    | chestmnist.npz (14 binary labels: multi-label)              |
+| digits        | none: scikit-learn's 8x8 digits (0..16 scaled to 0..255),   |
+|               |   the first 1,500 for training, the last 297 for testing    |
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ SPECS = {
     "pathmnist": Spec((28, 28, 3), 9,
                       how_to_get="pathmnist.npz (pip install medmnist; "
                       "python -m medmnist download, or https://medmnist.com)"),
+    "digits": Spec((8, 8), 10,
+                   how_to_get="scikit-learn (pip install scikit-learn), "
+                   "which ships these 1,797 images inside its package"),
     "chestmnist": Spec((28, 28), 14, multi_label=True,
                        how_to_get="chestmnist.npz (pip install medmnist; "
                        "python -m medmnist download, or https://medmnist.com)"),
@@ -253,6 +258,17 @@ def _expected_local_files(name: str) -> list[str]:
   return [f"{name}.npz"] + native.get(name, [])
 
 
+def _read_sklearn_digits():
+  try:
+    from sklearn import datasets as sk  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  digits = sk.load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+  return dict(x_train=images[:1500], y_train=digits.target[:1500],
+              x_test=images[1500:], y_test=digits.target[1500:])
+
+
 def _read_local(name: str, directory: pathlib.Path):
   """Arrays from the first local format found in ``directory``, or None."""
   plain = directory / f"{name}.npz"
@@ -376,6 +392,10 @@ def load(name: str, data_dir: str | os.PathLike | None = None,
       found = _read_local(name, directory)
       if found:
         break
+  if found is None and name == "digits" and source != "tfds":
+    arrays = _read_sklearn_digits()
+    looked.append("scikit-learn")
+    found = (arrays, "sklearn.datasets.load_digits") if arrays else None
   if found is None and source in ("auto", "tfds"):
     found = _read_tfds(name, None if data_dir is None else str(data_dir))
     looked.append(f"tensorflow-datasets data_dir={data_dir or '~/tensorflow_datasets'}")

@@ -1,0 +1,18 @@
+r"""Plasticity ablation [paper 3.4, Fig. 4]: every subset of {W̄, V, V̄} learns.
+
+    python -m experiments.main --config=experiments/configs/ablation.py \
+        --config.dataset=mnist --config.data_dir=../shared/datasets \
+        --workdir=runs/ablation_mnist
+
+W always learns; the rest stay at their random init. Plus a linear model
+trained by SGD. Runtime, 20 epochs, 5 seeds: about 12 minutes on 2 CPU cores.
+"""
+
+from experiments.configs import default
+
+
+def get_config(runlocal: bool = False):
+  c = default.get_config(runlocal)
+  c.experiment = "ablation"
+  c.method = "sal"
+  return c

@@ -1,0 +1,23 @@
+r"""Alignment over training: cos(ΔW_SAL, -∇_W F) per layer and the Lemma-1 gap.
+
+    python -m experiments.main --config=experiments/configs/alignment.py \
+        --config.dataset=mnist --config.data_dir=../shared/datasets \
+        --workdir=runs/alignment_mnist
+
+The theory predicts the cosine rises (about 0.8 reported) and the gap
+‖V - V̄ᵀ‖/‖V‖ decays. Runtime, 20 epochs, 3 seeds: about 4 minutes on 2 CPU
+cores (the true gradient is computed at every step).
+"""
+
+from experiments.configs import default
+
+
+def get_config(runlocal: bool = False):
+  c = default.get_config(runlocal)
+  c.experiment = "alignment"
+  c.method = "sal"
+  c.seeds = 3
+  c.diagnostics = True
+  if runlocal:
+    c.seeds = 1
+  return c

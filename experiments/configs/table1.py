@@ -1,0 +1,19 @@
+r"""Table 1 [paper 3.1]: sgd, fa, wm, kp and sal on one dataset, 5 seeds.
+
+    python -m experiments.main --config=experiments/configs/table1.py \
+        --config.dataset=mnist --config.data_dir=../shared/datasets \
+        --workdir=runs/table1_mnist
+
+``--config.method=sal`` runs one method; ``all`` (default) runs the five.
+Writes table.md, a row per method in the paper's layout. Runtime, 20 epochs:
+about 5 minutes on 2 CPU cores for all five methods, 5 seeds.
+"""
+
+from experiments.configs import default
+
+
+def get_config(runlocal: bool = False):
+  c = default.get_config(runlocal)
+  c.experiment = "table1"
+  c.method = "all"
+  return c

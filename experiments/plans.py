@@ -1,0 +1,387 @@
+"""What each experiment trains (its cells) and what it reports.
+
+Each experiment is a pair of functions: ``cells(config, data)`` builds every
+circuit it will train (so a bad setting fails before anything is written), and
+``report(config, data, results, run, workdir)`` turns the trained histories
+into ``results.json``'s summary and the experiment's figures. ``run(cell,
+data)`` trains a further cell where an experiment needs a second stage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import sal_jax as sj
+from experiments import plots
+from experiments import train
+from sal_jax import datasets
+from sal_jax import losses
+from sal_jax import modulation
+
+TABLE1_METHODS = ("sgd", "fa", "wm", "kp", "sal")
+PAPER_TABLE1 = {  # test accuracy %, paper Table 1 (5-layer MLP, mean of 5)
+    "mnist": dict(sgd=98.44, fa=97.80, wm=98.40, kp=98.45, sal=98.85),
+    "fashion_mnist": dict(sgd=96.80, fa=95.75, wm=96.00, kp=96.13, sal=97.23),
+    "cifar10": dict(sgd=50.36, fa=47.85, wm=49.35, kp=48.16, sal=51.91),
+    "chestmnist": dict(sgd=73.26, fa=70.44, wm=70.14, kp=71.03, sal=73.21),
+    "pathmnist": dict(sgd=70.11, fa=69.90, wm=70.00, kp=69.51, sal=70.23),
+    "svhn_cropped": dict(sgd=78.20, fa=78.03, wm=78.08, kp=78.20, sal=78.50),
+    "stl10": dict(sgd=41.00, fa=39.29, wm=39.48, kp=40.32, sal=41.50),
+}
+ABLATION_FAMILIES = ("w_bar", "v", "v_bar")
+
+
+def _methods(config) -> list[str]:
+  if config.method == "all":
+    return list(TABLE1_METHODS)
+  methods = [m.strip() for m in config.method.split(",") if m.strip()]
+  unknown = [m for m in methods if m not in sj.METHODS]
+  if not methods or unknown:
+    raise ValueError(f"unknown method {config.method!r}; expected 'all' or a "
+                     f"comma list of {sorted(sj.METHODS)}")
+  return methods
+
+
+def _circuit_for_method(config, data, method):
+  # Only SAL has a downstream width of its own; the others need ratio 1.
+  return train.make_circuit(config, data, method=method,
+                            ratio=config.ratio if method == "sal" else 1.0)
+
+
+def _per_epoch(result, key="test_accuracy"):
+  """[members, epochs] of ``key`` for members that did not diverge."""
+  return np.asarray([[r[key] for r in h] for i, h in enumerate(
+      result["history"]) if i not in result["diverged"]], float)
+
+
+def _accuracy_note(data) -> str:
+  return (" (mean per-label accuracy: multi-label)" if data.multi_label
+          else "")
+
+
+def _pct(stats) -> str:
+  if not math.isfinite(stats["mean"]):
+    return "diverged"
+  return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
+
+
+# ---------------------------------------------------------------- table1
+
+
+def table1_cells(config, data):
+  return [train.Cell(m, _circuit_for_method(config, data, m),
+                     train.seed_members(config)) for m in _methods(config)]
+
+
+def table1_report(config, data, results, run, workdir: pathlib.Path):
+  del run
+  summary = {label: train.summarize(r) for label, r in results.items()}
+  paper = PAPER_TABLE1.get(config.dataset, {})
+  lines = [f"| method | {config.dataset} final test % | best test % | "
+           f"final train % | paper % |", "|---|---|---|---|---|"]
+  for label, s in summary.items():
+    lines.append(f"| {label.upper()} | {_pct(s['final'])} | {_pct(s['best'])}"
+                 f" | {_pct(s['train'])} | {paper.get(label, '')} |")
+  note = (f"\n{config.seeds} seeds, {config.epochs} epochs, data from "
+          f"{data.source}; accuracy{_accuracy_note(data)} as mean ± std over "
+          "the seeds that did not diverge.\n")
+  (workdir / "table.md").write_text("\n".join(lines) + "\n" + note)
+  plots.curves({k.upper(): _per_epoch(r) for k, r in results.items()},
+               "test accuracy" + _accuracy_note(data),
+               f"{config.dataset}: test accuracy", workdir / "test_accuracy.png")
+  return dict(methods=summary, table_markdown="\n".join(lines))
+
+
+# ---------------------------------------------------------------- width sweep
+
+
+def _downstream_parameters(circuit: sj.Circuit) -> dict[str, int]:
+  weights = jax.eval_shape(lambda: sj.init_weights(jax.random.key(0), circuit))
+  count = lambda family: int(sum(np.prod(m.shape) for m in family))
+  return dict(upstream=count(weights.w),
+              downstream=count(weights.w_bar) + count(weights.v)
+              + count(weights.v_bar))
+
+
+def width_sweep_cells(config, data):
+  return [train.Cell(f"{p:g}x", train.make_circuit(config, data, method="sal",
+                                                   ratio=math.sqrt(p)),
+                     train.seed_members(config))
+          for p in config.param_ratios]
+
+
+def width_sweep_report(config, data, results, run, workdir):
+  del run
+  summary = {}
+  for p, cell in zip(config.param_ratios, width_sweep_cells(config, data)):
+    summary[cell.label] = dict(
+        param_ratio=p, width_ratio=math.sqrt(p),
+        parameters=_downstream_parameters(cell.circuit),
+        **train.summarize(results[cell.label]))
+  ps = [s["param_ratio"] for s in summary.values()]
+  plots.band(ps, [s["final"]["mean"] for s in summary.values()],
+             [s["final"]["std"] for s in summary.values()],
+             "downstream parameter ratio (width ratio = its square root)",
+             "final test accuracy" + _accuracy_note(data),
+             f"{config.dataset}: SAL against downstream size",
+             workdir / "width_sweep.png", logx=True)
+  return dict(ratios=summary)
+
+
+# ---------------------------------------------------- feedback nonlinearity
+
+
+def feedback_nonlinearity_cells(config, data):
+  return [train.Cell(n, train.make_circuit(config, data, method="sal",
+                                           ratio=1.0, nonlinearity=n),
+                     train.seed_members(config))
+          for n in config.nonlinearities]
+
+
+def feedback_nonlinearity_report(config, data, results, run, workdir):
+  del run
+  summary = {label: train.summarize(r) for label, r in results.items()}
+  plots.bars(list(summary), [s["final"]["mean"] for s in summary.values()],
+             [s["final"]["std"] for s in summary.values()],
+             "final test accuracy" + _accuracy_note(data),
+             f"{config.dataset}: SAL by downstream nonlinearity D_d",
+             workdir / "feedback_nonlinearity.png")
+  return dict(nonlinearities=summary)
+
+
+# ---------------------------------------------------------------- ablation
+
+
+def _subset_label(subset) -> str:
+  names = {"w_bar": "W̄", "v": "V", "v_bar": "V̄"}
+  return "W" + "".join("+" + names[f] for f in subset)
+
+
+def ablation_cells(config, data):
+  cells = []
+  for k in range(len(ABLATION_FAMILIES) + 1):
+    for subset in itertools.combinations(ABLATION_FAMILIES, k):
+      cells.append(train.Cell(
+          _subset_label(subset),
+          train.make_circuit(config, data, method="sal", plastic=subset),
+          train.seed_members(config)))
+  cells.append(train.Cell("linear (SGD)", train.make_circuit(
+      config, data, method="linear", ratio=1.0), train.seed_members(config)))
+  return cells
+
+
+def ablation_report(config, data, results, run, workdir):
+  del run
+  plots.curves({k: _per_epoch(r) for k, r in results.items()},
+               "test accuracy" + _accuracy_note(data),
+               f"{config.dataset}: which synapses learn (W always)",
+               workdir / "ablation.png")
+  return dict(subsets={label: train.summarize(r)
+                       for label, r in results.items()})
+
+
+# ---------------------------------------------------------------- lr grid
+
+
+def _grid_points(config):
+  return list(itertools.product(config.sal_learning_rates, config.grid_w,
+                                config.grid_w_bar, config.grid_v,
+                                config.grid_v_bar))
+
+
+def lr_grid_cells(config, data):
+  if data.validation is None:
+    raise ValueError("lr_grid chooses on a validation split: set "
+                     "config.validation_size > 0")
+  sal_members = [dict(seed=config.seed + s, learning_rate=lr, m_w=a,
+                      m_w_bar=b, m_v=c, m_v_bar=d)
+                 for lr, a, b, c, d in _grid_points(config)
+                 for s in range(config.seeds)]
+  sgd_members = [dict(seed=config.seed + s, learning_rate=lr)
+                 for lr in config.sgd_learning_rates
+                 for s in range(config.seeds)]
+  return [train.Cell("sal", train.make_circuit(config, data, method="sal"),
+                     sal_members),
+          train.Cell("sgd", train.make_circuit(config, data, method="sgd",
+                                               ratio=1.0), sgd_members)]
+
+
+def _validation_scores(result, n_seeds):
+  """Mean final validation accuracy per grid point; a diverged seed scores 0."""
+  scores, diverged = [], []
+  for start in range(0, len(result["members"]), n_seeds):
+    accs, n_div = [], 0
+    for i in range(start, start + n_seeds):
+      if i in result["diverged"]:
+        accs.append(0.0)
+        n_div += 1
+      else:
+        accs.append(result["history"][i][-1]["validation_accuracy"])
+    scores.append(float(np.mean(accs)))
+    diverged.append(n_div)
+  return np.asarray(scores), diverged
+
+
+def lr_grid_report(config, data, results, run, workdir):
+  n = config.seeds
+  points = _grid_points(config)
+  sal_scores, sal_div = _validation_scores(results["sal"], n)
+  sgd_scores, sgd_div = _validation_scores(results["sgd"], n)
+  best_sal = points[int(np.argmax(sal_scores))]
+  best_sgd = config.sgd_learning_rates[int(np.argmax(sgd_scores))]
+
+  rows = list(itertools.product(config.grid_w, config.grid_w_bar))
+  cols = list(itertools.product(config.grid_v, config.grid_v_bar))
+  for li, lr in enumerate(config.sal_learning_rates):
+    grid = sal_scores[li * len(rows) * len(cols):(li + 1) * len(rows)
+                      * len(cols)].reshape(len(rows), len(cols))
+    plots.heatmap(grid, [f"W {a:g}, W̄ {b:g}" for a, b in rows],
+                  [f"V {c:g}, V̄ {d:g}" for c, d in cols],
+                  f"{config.dataset}: SAL validation accuracy, lr {lr:g} "
+                  f"(mean of {n} seeds; diverged = 0)",
+                  workdir / f"lr_grid_heatmap_lr{li}.png")
+  plots.band(config.sgd_learning_rates, sgd_scores, np.zeros_like(sgd_scores),
+             "learning rate", "validation accuracy",
+             f"{config.dataset}: SGD learning-rate search",
+             workdir / "lr_grid_sgd.png", logx=True)
+
+  # Stage 2: the chosen points on the whole training set, fresh seeds, test.
+  final_config = config.copy_and_resolve_references()
+  final_config.validation_size = 0
+  final_config.seeds = config.final_seeds
+  full = train.load_data(final_config)
+  fresh = config.seed + 1000
+  lr, a, b, c, d = best_sal
+  finals = {
+      "sal": run(train.Cell(
+          "sal (chosen)", train.make_circuit(final_config, full, method="sal"),
+          train.seed_members(final_config, fresh, learning_rate=lr, m_w=a,
+                             m_w_bar=b, m_v=c, m_v_bar=d)), full),
+      "sgd": run(train.Cell(
+          "sgd (chosen)", train.make_circuit(final_config, full, method="sgd",
+                                             ratio=1.0),
+          train.seed_members(final_config, fresh, learning_rate=best_sgd)),
+          full),
+  }
+  return dict(
+      grid=[dict(learning_rate=p[0], m_w=p[1], m_w_bar=p[2], m_v=p[3],
+                 m_v_bar=p[4], validation_accuracy=float(s), diverged_seeds=dv)
+            for p, s, dv in zip(points, sal_scores, sal_div)],
+      sgd_grid=[dict(learning_rate=lr_, validation_accuracy=float(s),
+                     diverged_seeds=dv) for lr_, s, dv in
+                zip(config.sgd_learning_rates, sgd_scores, sgd_div)],
+      chosen=dict(sal=dict(learning_rate=lr, m_w=a, m_w_bar=b, m_v=c,
+                           m_v_bar=d, validation_accuracy=float(
+                               np.max(sal_scores))),
+                  sgd=dict(learning_rate=best_sgd,
+                           validation_accuracy=float(np.max(sgd_scores)))),
+      test={k: train.summarize(r) for k, r in finals.items()})
+
+
+# ---------------------------------------------------------------- structure
+
+
+def structure_cells(config, data):
+  return [train.Cell("sal", train.make_circuit(config, data, method="sal"),
+                     train.seed_members(config))]
+
+
+def structure_report(config, data, results, run, workdir):
+  del run, data
+  r = results["sal"]
+  ranks, images = {}, {}
+  names = dict(w="W", w_bar="W̄", v="V", v_bar="V̄")
+  for when, weights in (("before", r["initial"]), ("after", r["final"])):
+    for family, mats in zip(sj.Weights._fields, weights):
+      ranks[f"{family}_{when}"] = [float(sj.effective_rank(jnp.asarray(m)))
+                                   for m in mats]
+  for family, index in (("w", 1), ("w_bar", 0), ("v", 0), ("v_bar", 0)):
+    for when, weights in (("before", r["initial"]), ("after", r["final"])):
+      m = np.asarray(getattr(weights, family)[index])
+      images[f"{names[family]}[{index}] {when}: MᵀM"] = m.T @ m
+  plots.matrices(images, 4, f"{config.dataset}: Gram matrices, width "
+                 f"{config.hidden[0]}", workdir / "structure_gram.png")
+  return dict(effective_rank=ranks, accuracy=train.summarize(r))
+
+
+# ---------------------------------------------------------------- alignment
+
+
+def alignment_cells(config, data):
+  return structure_cells(config, data)
+
+
+def alignment_report(config, data, results, run, workdir):
+  del run, data
+  r = results["sal"]
+  cos = _per_epoch(r, "grad_cosine")  # [members, epochs, layers]
+  gap = _per_epoch(r, "lemma1_gap")
+  epochs = np.arange(1, cos.shape[1] + 1)
+  plots.lines(epochs, {f"layer {l}": cos[:, :, l].mean(0)
+                       for l in range(cos.shape[2])}, "epoch",
+              "cos(ΔW_SAL, -∇W F), epoch mean",
+              f"{config.dataset}: alignment with the true gradient",
+              workdir / "alignment_cosine.png")
+  plots.lines(epochs, {f"level {k + 1}": gap[:, :, k].mean(0)
+                       for k in range(gap.shape[2])}, "epoch",
+              "‖V - V̄ᵀ‖ / ‖V‖", f"{config.dataset}: Lemma-1 gap",
+              workdir / "alignment_lemma1_gap.png")
+  return dict(grad_cosine_by_epoch=cos.mean(0).tolist(),
+              lemma1_gap_by_epoch=gap.mean(0).tolist(),
+              accuracy=train.summarize(r))
+
+
+# ---------------------------------------------------------------- modulation
+
+
+def modulation_cells(config, data):
+  return structure_cells(config, data)
+
+
+def modulation_report(config, data, results, run, workdir):
+  del run
+  r = results["sal"]
+  circuit = train.make_circuit(config, data, method="sal")
+  loss = losses.LOSSES[circuit.loss]
+  batch = datasets.preprocess(*data.test)
+  alive = [i for i in range(len(r["members"])) if i not in r["diverged"]]
+
+  @jax.jit
+  def scores(weights, tau):
+    out = modulation.modulated_output(circuit, weights, batch, tau)
+    return (jnp.mean(loss.value(out, batch[1])),
+            jnp.mean(loss.correct(out, batch[1])))
+
+  table = {"loss": [], "accuracy": []}
+  for tau in config.taus:
+    per_member = [scores(jax.tree.map(lambda t, i=i: t[i], r["final_all"]),
+                         tau) for i in alive]
+    table["loss"].append([float(l) for l, _ in per_member])
+    table["accuracy"].append([float(a) for _, a in per_member])
+  mean_loss = np.mean(table["loss"], axis=1)
+  plots.lines(list(config.taus), {"test loss after modulation": mean_loss},
+              "τ", "loss", f"{config.dataset}: short-term modulation "
+              "(τ = 0: no modulation)", workdir / "modulation.png", logx=True)
+  helps = [t for t, l in zip(config.taus, mean_loss) if l < mean_loss[0]]
+  return dict(taus=list(config.taus), loss=table["loss"],
+              accuracy=table["accuracy"],
+              largest_tau_that_lowers_loss=max(helps) if helps else None)
+
+
+PLANS = {
+    "table1": (table1_cells, table1_report),
+    "width_sweep": (width_sweep_cells, width_sweep_report),
+    "feedback_nonlinearity": (feedback_nonlinearity_cells,
+                              feedback_nonlinearity_report),
+    "ablation": (ablation_cells, ablation_report),
+    "lr_grid": (lr_grid_cells, lr_grid_report),
+    "structure": (structure_cells, structure_report),
+    "alignment": (alignment_cells, alignment_report),
+    "modulation": (modulation_cells, modulation_report),
+}

@@ -1,0 +1,301 @@
+"""Runs an experiment's cells as vmapped sweeps and writes what they measured.
+
+A *cell* is one circuit configuration (method, ratio, nonlinearity, plastic
+families) with a list of *members*: (seed, hyperparameters) pairs that share
+the compiled program and train together under ``jax.vmap``. ``run_cell``
+trains one cell epoch by epoch (each epoch one scanned XLA program), appends
+a line per member per epoch to ``metrics.jsonl`` and returns the histories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import sal_jax as sj
+from sal_jax import datasets
+from sal_jax import loop
+
+HYPERPARAMS = ("learning_rate", "m_w", "m_w_bar", "m_v", "m_v_bar")
+
+
+@dataclasses.dataclass
+class Cell:
+  """One circuit configuration and the members that train it together."""
+  label: str
+  circuit: sj.Circuit
+  members: list[dict[str, Any]]  # each: {"seed": int, hyperparameter: value}
+
+
+@dataclasses.dataclass
+class Data:
+  """uint8 splits on the device, plus what they are."""
+  train: tuple[jax.Array, jax.Array]
+  test: tuple[jax.Array, jax.Array]
+  validation: tuple[jax.Array, jax.Array] | None
+  input_dim: int
+  num_classes: int
+  multi_label: bool
+  source: str
+
+
+def load_data(config: ml_collections.ConfigDict) -> Data:
+  """Loads the dataset, carves the validation split, puts it on the device."""
+  ds = datasets.load(config.dataset, config.data_dir or None,
+                     source=config.source)
+  x, y = ds.x_train, ds.y_train
+  if config.train_size:
+    x, y = x[:config.train_size], y[:config.train_size]
+  validation = None
+  if config.validation_size:
+    if config.validation_size >= len(x):
+      raise ValueError(f"validation_size {config.validation_size} leaves no "
+                       f"training data out of {len(x)} examples")
+    order = np.random.default_rng(12345).permutation(len(x))
+    val, keep = order[:config.validation_size], order[config.validation_size:]
+    validation = (jax.device_put(x[val]), jax.device_put(y[val]))
+    x, y = x[keep], y[keep]
+  if config.batch_size > len(x):
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {len(x)} "
+                     "training examples")
+  return Data(train=(jax.device_put(x), jax.device_put(y)),
+              test=(jax.device_put(ds.x_test), jax.device_put(ds.y_test)),
+              validation=validation, input_dim=ds.input_dim,
+              num_classes=ds.num_classes, multi_label=ds.multi_label,
+              source=ds.source)
+
+
+def make_circuit(config, data: Data, **overrides) -> sj.Circuit:
+  """The circuit a config describes, with per-cell overrides."""
+  kwargs = dict(
+      widths=(data.input_dim, *config.hidden, data.num_classes),
+      ratio=config.ratio, method=config.method,
+      nonlinearity=config.nonlinearity or None,
+      v_bar_signal=config.v_bar_signal,
+      loss=config.loss or ("sigmoid_cross_entropy" if data.multi_label
+                           else "softmax_cross_entropy"))
+  kwargs.update(overrides)
+  return sj.Circuit(**kwargs)
+
+
+def make_optimizer(config, circuit: sj.Circuit):
+  """The reference chain with the config's hyperparameters as defaults."""
+  return sj.reference_optimizer(
+      circuit, learning_rate=config.learning_rate, momentum=config.momentum,
+      weight_decay=config.weight_decay,
+      clip_norm=config.clip_norm if config.clip_norm > 0 else None,
+      multipliers=tuple(config.multipliers))
+
+
+def seed_members(config, first_seed: int | None = None, **hyperparams):
+  """``config.seeds`` members with consecutive seeds and shared values."""
+  first = config.seed if first_seed is None else first_seed
+  return [dict(seed=first + i, **hyperparams) for i in range(config.seeds)]
+
+
+def _member_hyperparams(config, members):
+  """Stacked per-member hyperparameters, defaults from the config."""
+  m = tuple(config.multipliers)
+  defaults = dict(learning_rate=config.learning_rate, m_w=m[0], m_w_bar=m[1],
+                  m_v=m[2], m_v_bar=m[3])
+  return {k: jnp.asarray([mem.get(k, defaults[k]) for mem in members],
+                         jnp.float32) for k in HYPERPARAMS}
+
+
+def _finite(x) -> bool:
+  return bool(np.all(np.isfinite(x)))
+
+
+def run_cell(config, cell: Cell, data: Data, log_file,
+             epochs: int | None = None) -> dict[str, Any]:
+  """Trains every member of ``cell`` together; returns per-member histories.
+
+  Returns:
+    ``{"members": [...], "history": [[epoch record, ...] per member],
+    "initial": weights of member 0 before training, "final": after,
+    "diverged": {member index: (epoch, step)}}``.
+  """
+  epochs = config.epochs if epochs is None else epochs
+  circuit = cell.circuit
+  optimizer = make_optimizer(config, circuit)
+  keys = jnp.stack([jax.random.key(m["seed"]) for m in cell.members])
+  states = loop.init_sweep(keys, circuit, optimizer,
+                           **_member_hyperparams(config, cell.members))
+  initial = jax.tree.map(lambda t: np.asarray(t[0]), states.weights)
+  n_members = len(cell.members)
+  history = [[] for _ in range(n_members)]
+  diverged: dict[int, tuple[int, int]] = {}
+  steps = data.train[0].shape[0] // config.batch_size
+  for epoch in range(1, epochs + 1):
+    epoch_keys = jax.vmap(lambda k, e=epoch: jax.random.fold_in(k, e))(keys)
+    start = time.perf_counter()
+    states, metrics = loop.sweep_epoch(
+        circuit, optimizer, config.batch_size, states, epoch_keys,
+        *data.train, diagnostics=config.diagnostics)
+    losses = np.asarray(metrics["loss"])  # blocks: the epoch is done
+    seconds = time.perf_counter() - start
+    evals = {"train": loop.sweep_evaluate(circuit, states.weights,
+                                          *data.train),
+             "test": loop.sweep_evaluate(circuit, states.weights, *data.test)}
+    if data.validation is not None:
+      evals["validation"] = loop.sweep_evaluate(circuit, states.weights,
+                                                *data.validation)
+    evals = jax.tree.map(np.asarray, evals)
+    weights_finite = np.asarray(jax.vmap(
+        lambda w: jnp.all(jnp.stack([jnp.all(jnp.isfinite(l))
+                                     for l in jax.tree.leaves(w)])))(
+                                         states.weights))
+    for i, member in enumerate(cell.members):
+      if i in diverged:
+        continue
+      bad = ~np.isfinite(losses[i])
+      if bad.any() or not weights_finite[i]:
+        step = int(np.argmax(bad)) if bad.any() else steps - 1
+        diverged[i] = (epoch, step)
+        logging.warning(
+            "%s seed %d diverged at epoch %d step %d (method %s, %s)",
+            cell.label, member["seed"], epoch, step, circuit.method,
+            ", ".join(f"{k}={float(v)}" for k, v in
+                      _member_hyperparams(config, [member]).items()))
+        record = dict(epoch=epoch, diverged=True, diverged_step=step)
+      else:
+        record = dict(
+            epoch=epoch, train_loss_running=float(losses[i].mean()),
+            train_loss=float(evals["train"]["loss"][i]),
+            train_accuracy=float(evals["train"]["accuracy"][i]),
+            test_loss=float(evals["test"]["loss"][i]),
+            test_accuracy=float(evals["test"]["accuracy"][i]),
+            examples_per_second=n_members * steps * config.batch_size
+            / seconds, epoch_seconds=seconds)
+        if "validation" in evals:
+          record["validation_accuracy"] = float(
+              evals["validation"]["accuracy"][i])
+        if config.diagnostics:
+          record["grad_cosine"] = np.asarray(
+              metrics["grad_cosine"][i]).mean(0).tolist()
+          for key in ("lemma1_gap", "feedback_angle"):
+            if key in metrics:
+              record[key] = np.asarray(metrics[key][i][-1]).tolist()
+      history[i].append(record)
+      log_file.write(json.dumps(dict(cell=cell.label, **member, **record))
+                     + "\n")
+    log_file.flush()
+    alive = [i for i in range(n_members) if i not in diverged]
+    test = [history[i][-1]["test_accuracy"] for i in alive]
+    logging.info("%s epoch %d/%d: test accuracy %s, %.0f examples/s%s",
+                 cell.label, epoch, epochs,
+                 f"{np.mean(test):.4f}" if test else "n/a",
+                 n_members * steps * config.batch_size / seconds,
+                 f", {len(diverged)} diverged" if diverged else "")
+    if not alive:
+      break
+  return dict(members=cell.members, history=history, diverged=diverged,
+              initial=initial,
+              final=jax.tree.map(lambda t: np.asarray(t[0]), states.weights),
+              final_all=jax.tree.map(np.asarray, states.weights))
+
+
+def summarize(result: dict[str, Any], key: str = "test_accuracy"):
+  """Per-member final and best ``key``, their mean and std (diverged apart)."""
+  final, best, train, seeds, diverged = [], [], [], [], {}
+  for i, (member, history) in enumerate(zip(result["members"],
+                                            result["history"])):
+    if i in result["diverged"]:
+      epoch, step = result["diverged"][i]
+      diverged[str(member["seed"])] = dict(epoch=epoch, step=step)
+      continue
+    seeds.append(member["seed"])
+    final.append(history[-1][key])
+    best.append(max(r[key] for r in history))
+    train.append(history[-1]["train_accuracy"])
+
+  def stats(values):
+    return (dict(mean=float(np.mean(values)), std=float(np.std(values)))
+            if values else dict(mean=math.nan, std=math.nan))
+
+  return dict(seeds=seeds, **{f"final_{key}": final, f"best_{key}": best,
+                              "final_train_accuracy": train},
+              final=stats(final), best=stats(best), train=stats(train),
+              diverged=diverged)
+
+
+def write_json_atomically(path: pathlib.Path, obj) -> None:
+  """Writes via a temporary file and rename: never a half-written file."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, allow_nan=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def validate_config(config) -> None:
+  """Raises ValueError naming the first bad setting."""
+  from experiments import plans  # pylint: disable=g-import-not-at-top
+  if config.experiment not in plans.PLANS:
+    raise ValueError(f"unknown experiment {config.experiment!r}; expected one "
+                     f"of {sorted(plans.PLANS)}")
+  if config.dataset not in datasets.SPECS:
+    raise ValueError(f"unknown dataset {config.dataset!r}; expected one of "
+                     f"{sorted(datasets.SPECS)}")
+  for name in ("epochs", "seeds", "batch_size"):
+    if int(config[name]) <= 0:
+      raise ValueError(f"{name} must be positive, got {config[name]}")
+  for name in ("learning_rate", "weight_decay", "train_size",
+               "validation_size"):
+    if config[name] < 0:
+      raise ValueError(f"{name} must be non-negative, got {config[name]}")
+  if any(int(h) <= 0 for h in config.hidden):
+    raise ValueError(f"hidden widths must be positive, got {config.hidden}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Runs ``config.experiment`` and writes its files into ``workdir``.
+
+  Every setting, the dataset and every circuit are checked before the first
+  file is written, so a bad config leaves the workdir untouched.
+
+  Returns:
+    What ``results.json`` holds.
+  """
+  from experiments import plans  # pylint: disable=g-import-not-at-top
+  validate_config(config)
+  data = load_data(config)
+  build_cells, report = plans.PLANS[config.experiment]
+  cells = build_cells(config, data)
+  for cell in cells:
+    make_optimizer(config, cell.circuit)  # checks the hyperparameters
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  write_json_atomically(workdir / "config.json", json.loads(config.to_json()))
+  diverged = []
+  with open(workdir / "metrics.jsonl", "w") as log_file:
+
+    def run(cell: Cell, cell_data: Data = data):
+      result = run_cell(config, cell, cell_data, log_file)
+      diverged.extend(f"{cell.label} seed {cell.members[i]['seed']} "
+                      f"(epoch {e}, step {s})"
+                      for i, (e, s) in result["diverged"].items())
+      return result
+
+    results = {cell.label: run(cell) for cell in cells}
+    summary = report(config, data, results, run, workdir)
+  out = dict(experiment=config.experiment, dataset=config.dataset,
+             data_source=data.source,
+             multi_label_accuracy=data.multi_label, summary=summary,
+             diverged=diverged, device=str(jax.devices()[0].device_kind),
+             jax=jax.__version__)
+  write_json_atomically(workdir / "results.json", out)
+  return out

@@ -1,0 +1,32 @@
+"""Short-term modulation (paper Sec. 2.3): feedback nudges upstream potentials.
+
+After one forward and feedback cycle, each upstream level receives the signal
+its V̄ synapses carry, h^l <- h^l + τ V̄^{l-1} D_d^l h̄^l, and activity is
+recomputed upward with the nudged potentials. No weight changes: for small τ
+this lowers the loss on the same example (in-context modulation).
+"""
+
+from __future__ import annotations
+
+import jax
+
+from sal_jax import circuit as circuit_lib
+from sal_jax import train
+
+Array = jax.Array
+
+
+def modulated_output(circuit: circuit_lib.Circuit,
+                     weights: circuit_lib.Weights, batch,
+                     tau: float | Array) -> Array:
+  """The output ŷ after one modulation cycle of strength ``tau``."""
+  up, down = train.forward_and_feedback(circuit, weights, batch)
+  a = up.a[0]
+  h = None
+  for l, w_l in enumerate(weights.w):
+    signal = down.b_bar[l]  # D_d^{l+1} h̄^{l+1}; the output error at l = L-1
+    if l < len(weights.w) - 1 and weights.v_bar:
+      signal = signal @ weights.v_bar[l].T
+    h = a @ w_l.T + tau * signal
+    a = jax.nn.relu(h)
+  return h

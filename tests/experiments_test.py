@@ -1,0 +1,211 @@
+"""Every experiment runs end to end in its small variant on data written here."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import train
+from experiments.configs import (ablation, alignment, digits,
+                                 feedback_nonlinearity, lr_grid, modulation,
+                                 structure, table1, width_sweep)
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """A tiny MNIST-format .npz: 48 training and 20 test images."""
+  path = tmp_path_factory.mktemp("data")
+  rng = np.random.default_rng(0)
+  np.savez(path / "mnist.npz",
+           x_train=rng.integers(0, 256, (48, 28, 28), dtype=np.uint8),
+           y_train=rng.integers(0, 10, 48),
+           x_test=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+           y_test=rng.integers(0, 10, 20))
+  return path
+
+
+def _config(module, data_dir, **overrides):
+  config = module.get_config(runlocal=True)
+  config.dataset = "mnist"
+  config.data_dir = str(data_dir)
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+def _finite_numbers(obj):
+  if isinstance(obj, dict):
+    return all(_finite_numbers(v) for v in obj.values())
+  if isinstance(obj, list):
+    return all(_finite_numbers(v) for v in obj)
+  if isinstance(obj, float):
+    return math.isfinite(obj)
+  return True
+
+
+def _check_common(workdir, config, n_cells_members):
+  files = {p.name for p in workdir.iterdir()}
+  assert {"config.json", "metrics.jsonl", "results.json"} <= files
+  assert json.loads((workdir / "config.json").read_text())["experiment"] == (
+      config.experiment)
+  lines = [json.loads(l) for l in
+           (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert len(lines) == n_cells_members * config.epochs
+  for line in lines:
+    assert {"cell", "seed", "epoch", "train_loss", "train_accuracy",
+            "test_accuracy", "examples_per_second"} <= set(line)
+    assert _finite_numbers(line)
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["experiment"] == config.experiment
+  assert not results["diverged"]
+  return results, files
+
+
+def test_table1_writes_a_row_per_method_and_a_figure(tmp_path, data_dir):
+  config = _config(table1, data_dir)
+  train.train_and_evaluate(config, tmp_path)
+  results, files = _check_common(tmp_path, config, 5 * config.seeds)
+  methods = results["summary"]["methods"]
+  assert list(methods) == ["sgd", "fa", "wm", "kp", "sal"]
+  for s in methods.values():
+    assert len(s["final_test_accuracy"]) == config.seeds
+    assert 0 <= s["final"]["mean"] <= 1 and s["final"]["std"] >= 0
+  table = (tmp_path / "table.md").read_text()
+  assert "| SAL |" in table and "98.85" in table  # the paper's MNIST number
+  assert {"table.md", "test_accuracy.png"} <= files
+
+
+def test_width_sweep_records_parameter_counts(tmp_path, data_dir):
+  config = _config(width_sweep, data_dir)
+  train.train_and_evaluate(config, tmp_path)
+  results, files = _check_common(tmp_path, config,
+                                 len(config.param_ratios) * config.seeds)
+  ratios = results["summary"]["ratios"]
+  assert ratios["4x"]["width_ratio"] == 2.0
+  assert (ratios["4x"]["parameters"]["downstream"]
+          > ratios["1x"]["parameters"]["downstream"])
+  assert "width_sweep.png" in files
+
+
+def test_feedback_nonlinearity_runs_all_four(tmp_path, data_dir):
+  config = _config(feedback_nonlinearity, data_dir)
+  train.train_and_evaluate(config, tmp_path)
+  results, files = _check_common(tmp_path, config, 4 * config.seeds)
+  assert set(results["summary"]["nonlinearities"]) == {
+      "identity", "relu", "tanh", "relu_jacobian"}
+  assert "feedback_nonlinearity.png" in files
+
+
+def test_ablation_runs_eight_subsets_and_the_linear_model(tmp_path, data_dir):
+  config = _config(ablation, data_dir)
+  train.train_and_evaluate(config, tmp_path)
+  results, files = _check_common(tmp_path, config, 9 * config.seeds)
+  assert len(results["summary"]["subsets"]) == 9
+  assert "linear (SGD)" in results["summary"]["subsets"]
+  assert "ablation.png" in files
+
+
+def test_lr_grid_chooses_on_validation_and_scores_fresh_seeds(tmp_path,
+                                                              data_dir):
+  config = _config(lr_grid, data_dir)
+  train.train_and_evaluate(config, tmp_path)
+  points = (len(config.grid_w) * len(config.grid_w_bar) * len(config.grid_v)
+            * len(config.grid_v_bar))
+  search = (points + len(config.sgd_learning_rates)) * config.seeds
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == (search + 2 * config.final_seeds) * config.epochs
+  results = json.loads((tmp_path / "results.json").read_text())["summary"]
+  assert len(results["grid"]) == points
+  assert "validation_accuracy" in json.loads(lines[0])
+  assert results["chosen"]["sal"]["m_w"] in config.grid_w
+  assert all(s >= config.seed + 1000
+             for s in results["test"]["sal"]["seeds"])
+  assert len(results["test"]["sgd"]["final_test_accuracy"]) == (
+      config.final_seeds)
+  assert (tmp_path / "lr_grid_heatmap_lr0.png").exists()
+
+
+def test_structure_reports_effective_ranks_before_and_after(tmp_path,
+                                                            data_dir):
+  config = _config(structure, data_dir)
+  train.train_and_evaluate(config, tmp_path)
+  results, files = _check_common(tmp_path, config, config.seeds)
+  ranks = results["summary"]["effective_rank"]
+  assert len(ranks["w_before"]) == len(config.hidden) + 1
+  assert ranks["v_after"] != ranks["v_before"]
+  assert "structure_gram.png" in files
+
+
+def test_alignment_records_cosines_and_lemma1_gap(tmp_path, data_dir):
+  config = _config(alignment, data_dir)
+  train.train_and_evaluate(config, tmp_path)
+  results, files = _check_common(tmp_path, config, config.seeds)
+  cos = np.asarray(results["summary"]["grad_cosine_by_epoch"])
+  assert cos.shape == (config.epochs, len(config.hidden) + 1)
+  np.testing.assert_allclose(cos[:, -1], 1.0, rtol=1e-4)  # output layer
+  assert {"alignment_cosine.png", "alignment_lemma1_gap.png"} <= files
+
+
+def test_modulation_reports_loss_against_tau(tmp_path, data_dir):
+  config = _config(modulation, data_dir)
+  train.train_and_evaluate(config, tmp_path)
+  results, files = _check_common(tmp_path, config, config.seeds)
+  summary = results["summary"]
+  assert len(summary["loss"]) == len(config.taus)
+  assert "modulation.png" in files
+
+
+def test_digits_config_needs_no_data_dir(tmp_path):
+  config = digits.get_config(runlocal=True)
+  config.epochs = 1
+  train.train_and_evaluate(config, tmp_path)
+  assert "| SAL |" in (tmp_path / "table.md").read_text()
+
+
+def _cli(workdir, *overrides):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.main",
+       f"--config={ROOT}/experiments/configs/table1.py:runlocal",
+       f"--workdir={workdir}", *overrides],
+      env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.method=backprop", "unknown method 'backprop'"),
+    ("--config.dataset=imagenet", "unknown dataset 'imagenet'"),
+    ("--config.epochs=0", "epochs must be positive"),
+])
+def test_bad_setting_exits_nonzero_with_one_line_and_writes_nothing(
+    tmp_path, data_dir, override, message):
+  workdir = tmp_path / "run"
+  result = _cli(workdir, f"--config.data_dir={data_dir}", override)
+  assert result.returncode == 2, result.stderr[-2000:]
+  error_lines = [l for l in result.stderr.splitlines()
+                 if l.startswith("error:")]
+  assert len(error_lines) == 1 and message in error_lines[0]
+  assert not workdir.exists()
+
+
+def test_missing_data_directory_exits_nonzero_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  result = _cli(workdir, f"--config.data_dir={tmp_path / 'nowhere'}",
+                "--config.source=local")
+  assert result.returncode == 2
+  assert "dataset 'mnist' not found" in result.stderr
+  assert not workdir.exists()
+
+
+def test_cli_runs_and_writes_results(tmp_path, data_dir):
+  result = _cli(tmp_path, f"--config.data_dir={data_dir}",
+                "--config.method=sal", "--config.epochs=1")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "sal epoch 1/1" in result.stderr  # the progress line
+  assert (tmp_path / "results.json").exists()

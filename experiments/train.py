@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import pathlib
 import time
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 import sal_jax as sj
+from experiments import checkpoints
+from experiments import logs
 from sal_jax import datasets
 from sal_jax import loop
 
@@ -117,16 +119,32 @@ def _finite(x) -> bool:
   return bool(np.all(np.isfinite(x)))
 
 
-def run_cell(config, cell: Cell, data: Data, log_file,
-             epochs: int | None = None) -> dict[str, Any]:
+def _all_finite(weights) -> np.ndarray:
+  """Per member: are all its weights finite?"""
+  return np.asarray(jax.vmap(lambda w: jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(w)])))(weights))
+
+
+def _describe(config, cell: Cell, member: dict) -> str:
+  hp = _member_hyperparams(config, [member])
+  return (f"{cell.label} seed {member['seed']} (method {cell.circuit.method}, "
+          + ", ".join(f"{k}={float(v[0]):g}" for k, v in hp.items()) + ")")
+
+
+def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
+             checkpoint_dir: pathlib.Path | None = None) -> dict[str, Any]:
   """Trains every member of ``cell`` together; returns per-member histories.
+
+  With ``checkpoint_dir``, saves every ``config.checkpoint_every`` epochs and
+  at the end, and resumes from the newest checkpoint found there.
 
   Returns:
     ``{"members": [...], "history": [[epoch record, ...] per member],
     "initial": weights of member 0 before training, "final": after,
-    "diverged": {member index: (epoch, step)}}``.
+    "final_all": all members' weights, "diverged": {member index: (epoch,
+    step)}}``.
   """
-  epochs = config.epochs if epochs is None else epochs
+  epochs = config.epochs
   circuit = cell.circuit
   optimizer = make_optimizer(config, circuit)
   keys = jnp.stack([jax.random.key(m["seed"]) for m in cell.members])
@@ -136,8 +154,21 @@ def run_cell(config, cell: Cell, data: Data, log_file,
   n_members = len(cell.members)
   history = [[] for _ in range(n_members)]
   diverged: dict[int, tuple[int, int]] = {}
+  first_epoch = 1
+  mngr = None
+  if checkpoint_dir is not None and config.checkpoint_every > 0:
+    mngr = checkpoints.manager(checkpoint_dir, config.keep_checkpoints)
+    if mngr.latest_step() is not None:
+      states, meta = checkpoints.restore_latest(mngr, states)
+      history = meta["history"]
+      diverged = {int(k): tuple(v) for k, v in meta["diverged"].items()}
+      first_epoch = meta["epoch"] + 1
+      logging.info("%s: resumed from the checkpoint of epoch %d", cell.label,
+                   meta["epoch"])
   steps = data.train[0].shape[0] // config.batch_size
-  for epoch in range(1, epochs + 1):
+  for epoch in range(first_epoch, epochs + 1):
+    if len(diverged) == n_members:
+      break
     epoch_keys = jax.vmap(lambda k, e=epoch: jax.random.fold_in(k, e))(keys)
     start = time.perf_counter()
     states, metrics = loop.sweep_epoch(
@@ -152,10 +183,8 @@ def run_cell(config, cell: Cell, data: Data, log_file,
       evals["validation"] = loop.sweep_evaluate(circuit, states.weights,
                                                 *data.validation)
     evals = jax.tree.map(np.asarray, evals)
-    weights_finite = np.asarray(jax.vmap(
-        lambda w: jnp.all(jnp.stack([jnp.all(jnp.isfinite(l))
-                                     for l in jax.tree.leaves(w)])))(
-                                         states.weights))
+    weights_finite = _all_finite(states.weights)
+    newly_diverged = []
     for i, member in enumerate(cell.members):
       if i in diverged:
         continue
@@ -163,11 +192,9 @@ def run_cell(config, cell: Cell, data: Data, log_file,
       if bad.any() or not weights_finite[i]:
         step = int(np.argmax(bad)) if bad.any() else steps - 1
         diverged[i] = (epoch, step)
-        logging.warning(
-            "%s seed %d diverged at epoch %d step %d (method %s, %s)",
-            cell.label, member["seed"], epoch, step, circuit.method,
-            ", ".join(f"{k}={float(v)}" for k, v in
-                      _member_hyperparams(config, [member]).items()))
+        newly_diverged.append(i)
+        logging.warning("%s diverged at epoch %d, step %d",
+                        _describe(config, cell, member), epoch, step)
         record = dict(epoch=epoch, diverged=True, diverged_step=step)
       else:
         record = dict(
@@ -188,9 +215,8 @@ def run_cell(config, cell: Cell, data: Data, log_file,
             if key in metrics:
               record[key] = np.asarray(metrics[key][i][-1]).tolist()
       history[i].append(record)
-      log_file.write(json.dumps(dict(cell=cell.label, **member, **record))
-                     + "\n")
-    log_file.flush()
+      logger.write(cell.label, member, record)
+    logger.flush()
     alive = [i for i in range(n_members) if i not in diverged]
     test = [history[i][-1]["test_accuracy"] for i in alive]
     logging.info("%s epoch %d/%d: test accuracy %s, %.0f examples/s%s",
@@ -199,7 +225,11 @@ def run_cell(config, cell: Cell, data: Data, log_file,
                  n_members * steps * config.batch_size / seconds,
                  f", {len(diverged)} diverged" if diverged else "")
     if not alive:
-      break
+      break  # nothing left to train; the last good checkpoint stays as it is
+    if mngr is not None and (epoch % config.checkpoint_every == 0
+                             or epoch == epochs):
+      checkpoints.save(mngr, epoch, states, dict(
+          history=history, diverged={str(k): v for k, v in diverged.items()}))
   return dict(members=cell.members, history=history, diverged=diverged,
               initial=initial,
               final=jax.tree.map(lambda t: np.asarray(t[0]), states.weights),
@@ -260,38 +290,69 @@ def validate_config(config) -> None:
     raise ValueError(f"hidden widths must be positive, got {config.hidden}")
 
 
+# Settings that may change between a run and its resumption.
+RESUMABLE_CHANGES = ("epochs", "checkpoint_every", "keep_checkpoints",
+                     "data_dir")
+
+
+def check_workdir(config, workdir: pathlib.Path) -> None:
+  """Refuses a workdir that holds a run of a different configuration."""
+  previous = workdir / "config.json"
+  if not previous.exists():
+    return
+  old = json.loads(previous.read_text())
+  new = json.loads(config.to_json())
+  changed = sorted(k for k in set(old) | set(new)
+                   if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+  if changed:
+    raise ValueError(
+        f"workdir {workdir} holds a run of a different configuration "
+        f"(differs in {', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed)}); "
+        "use a new --workdir")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Runs ``config.experiment`` and writes its files into ``workdir``.
 
-  Every setting, the dataset and every circuit are checked before the first
-  file is written, so a bad config leaves the workdir untouched.
+  Every setting, the dataset, every circuit and the workdir are checked before
+  the first file is written, so a bad config leaves the workdir untouched. A
+  workdir that holds checkpoints of the same configuration is resumed.
 
   Returns:
     What ``results.json`` holds.
   """
   from experiments import plans  # pylint: disable=g-import-not-at-top
   validate_config(config)
+  workdir = pathlib.Path(workdir)
+  check_workdir(config, workdir)
   data = load_data(config)
   build_cells, report = plans.PLANS[config.experiment]
   cells = build_cells(config, data)
   for cell in cells:
     make_optimizer(config, cell.circuit)  # checks the hyperparameters
-  workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   write_json_atomically(workdir / "config.json", json.loads(config.to_json()))
+  logs.keep_checkpointed_lines(
+      workdir / "metrics.jsonl",
+      lambda label: checkpoints.latest_epoch(
+          checkpoints.cell_directory(workdir, label)))
   diverged = []
-  with open(workdir / "metrics.jsonl", "w") as log_file:
+  logger = logs.Logger(workdir)
 
-    def run(cell: Cell, cell_data: Data = data):
-      result = run_cell(config, cell, cell_data, log_file)
-      diverged.extend(f"{cell.label} seed {cell.members[i]['seed']} "
-                      f"(epoch {e}, step {s})"
-                      for i, (e, s) in result["diverged"].items())
-      return result
+  def run(cell: Cell, cell_data: Data = data):
+    result = run_cell(config, cell, cell_data, logger,
+                      checkpoints.cell_directory(workdir, cell.label))
+    diverged.extend(f"{_describe(config, cell, cell.members[i])} at epoch "
+                    f"{e}, step {s}" for i, (e, s) in
+                    result["diverged"].items())
+    return result
 
+  try:
     results = {cell.label: run(cell) for cell in cells}
     summary = report(config, data, results, run, workdir)
+  finally:
+    logger.close()
   out = dict(experiment=config.experiment, dataset=config.dataset,
              data_source=data.source,
              multi_label_accuracy=data.multi_label, summary=summary,

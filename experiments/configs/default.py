@@ -34,9 +34,12 @@ def get_config(runlocal: bool | str = False) -> ml_collections.ConfigDict:
   c.diagnostics = False
   c.train_size = 0          # 0 = the whole training set
   c.validation_size = 0     # held out of the training set when > 0
+  c.checkpoint_every = 5    # epochs between checkpoints; 0 disables them
+  c.keep_checkpoints = 2    # newest checkpoints kept per cell
   if runlocal:
     c.hidden = (16, 16)
     c.batch_size = 8
     c.epochs = 2
     c.seeds = 2
+    c.checkpoint_every = 1
   return c

@@ -1,0 +1,65 @@
+"""Checkpoints of a cell's whole sweep state, with orbax-checkpoint.
+
+A checkpoint holds every member's TrainState (weights of all four families,
+optimizer state, step, PRNG key) and, as JSON, the epoch reached, the
+per-member history and which members diverged. Orbax writes each checkpoint
+into a temporary folder and renames it when complete, so a killed save never
+leaves a checkpoint that loads as valid; the newest ``keep`` are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import re
+
+import jax
+import orbax.checkpoint as ocp
+
+from sal_jax import train
+
+
+def cell_directory(workdir: pathlib.Path, label: str) -> pathlib.Path:
+  """Where the checkpoints of the cell named ``label`` live."""
+  readable = re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_")
+  # Labels like "W+V" and "W+V̄" differ only outside ASCII: the hash keeps
+  # their folders apart.
+  digest = hashlib.sha1(label.encode()).hexdigest()[:8]
+  return workdir / "checkpoints" / f"{readable}-{digest}"
+
+
+def manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      directory.absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+def _storable(states: train.TrainState) -> train.TrainState:
+  """Typed PRNG keys become their raw uint32 data for storage."""
+  return states.replace(key=jax.random.key_data(states.key))
+
+
+def save(mngr: ocp.CheckpointManager, epoch: int, states: train.TrainState,
+         meta: dict) -> None:
+  """Saves and waits: when this returns, the checkpoint is complete on disk."""
+  mngr.save(epoch, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(_storable(states)),
+      meta=ocp.args.JsonSave(dict(meta, epoch=epoch))))
+  mngr.wait_until_finished()
+
+
+def restore_latest(mngr: ocp.CheckpointManager,
+                   like: train.TrainState) -> tuple[train.TrainState, dict]:
+  """The newest checkpoint, shaped like ``like``; its metadata."""
+  restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_storable(like)),
+      meta=ocp.args.JsonRestore()))
+  states = restored.state
+  return states.replace(key=jax.random.wrap_key_data(states.key)), restored.meta
+
+
+def latest_epoch(directory: pathlib.Path) -> int | None:
+  """The epoch of the newest complete checkpoint in ``directory``, if any."""
+  if not directory.exists():
+    return None
+  return ocp.CheckpointManager(directory.absolute()).latest_step()

@@ -1,0 +1,207 @@
+"""Runs can be trusted: exact resume, divergence reports, determinism, guards."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments import checkpoints
+from experiments import logs
+from experiments import train
+from experiments.configs import table1
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """An MNIST-format .npz with 2,000 training images: epochs take a while."""
+  path = tmp_path_factory.mktemp("data")
+  rng = np.random.default_rng(0)
+  np.savez(path / "mnist.npz",
+           x_train=rng.integers(0, 256, (2000, 28, 28), dtype=np.uint8),
+           y_train=rng.integers(0, 10, 2000),
+           x_test=rng.integers(0, 256, (50, 28, 28), dtype=np.uint8),
+           y_test=rng.integers(0, 10, 50))
+  return path
+
+
+def _config(data_dir, **overrides):
+  config = table1.get_config(runlocal=True)
+  config.update(dict(dataset="mnist", data_dir=str(data_dir), method="sal"))
+  config.update(overrides)
+  return config
+
+
+def _lines_without_timing(workdir):
+  return [{k: v for k, v in json.loads(l).items()
+           if k not in logs.TIMING_FIELDS}
+          for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _final_state(workdir, label="sal"):
+  directory = checkpoints.cell_directory(workdir, label).absolute()
+  mngr = ocp.CheckpointManager(directory)
+  restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  return mngr.latest_step(), restored.state
+
+
+def _cli(workdir, data_dir, *overrides, wait=True):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "experiments.main",
+         f"--config={ROOT}/experiments/configs/table1.py:runlocal",
+         f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+         "--config.method=sal", *overrides]
+  if not wait:
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+  return subprocess.run(cmd, env=env, capture_output=True, text=True,
+                        timeout=300, check=False)
+
+
+@pytest.mark.timeout(600)
+def test_run_killed_mid_training_resumes_to_bitwise_identical_weights(
+    tmp_path, data_dir):
+  args = ("--config.epochs=12", "--config.train_size=2000")
+  clean = _cli(tmp_path / "clean", data_dir, *args)
+  assert clean.returncode == 0, clean.stderr[-2000:]
+
+  killed_dir = tmp_path / "killed"
+  proc = _cli(killed_dir, data_dir, *args, wait=False)
+  cell_dir = checkpoints.cell_directory(killed_dir, "sal")
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if checkpoints.latest_epoch(cell_dir) is not None and (
+        checkpoints.latest_epoch(cell_dir) >= 3):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed_dir / "results.json").exists()
+  killed_at = checkpoints.latest_epoch(cell_dir)
+  assert 3 <= killed_at < 12
+
+  resumed = _cli(killed_dir, data_dir, *args)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"resumed from the checkpoint of epoch {killed_at}" in resumed.stderr
+  epoch_a, state_a = _final_state(tmp_path / "clean")
+  epoch_b, state_b = _final_state(killed_dir)
+  assert epoch_a == epoch_b == 12
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_array_equal(a, b)  # bitwise
+  assert _lines_without_timing(tmp_path / "clean") == _lines_without_timing(
+      killed_dir)
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path, data_dir):
+  config = _config(data_dir, epochs=2, checkpoint_every=0)
+  train.train_and_evaluate(config, tmp_path / "a")
+  train.train_and_evaluate(config, tmp_path / "b")
+  lines = _lines_without_timing(tmp_path / "a")
+  assert len(lines) == 4 and lines == _lines_without_timing(tmp_path / "b")
+
+
+def test_divergence_exits_nonzero_naming_epoch_step_method_and_rates(
+    tmp_path, data_dir):
+  result = _cli(tmp_path, data_dir, "--config.learning_rate=1e6",
+                "--config.clip_norm=0", "--config.seeds=1")
+  assert result.returncode == 3, result.stderr[-2000:]
+  error = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(error) == 1
+  for part in ("diverged", "method sal", "learning_rate=1e+06", "epoch 1",
+               "step "):
+    assert part in error[0], error[0]
+  results = json.loads((tmp_path / "results.json").read_text())
+  sal = results["summary"]["methods"]["sal"]
+  assert sal["diverged"]["0"]["epoch"] == 1 and sal["seeds"] == []
+  assert "diverged" in (tmp_path / "table.md").read_text()
+  # Nothing after the divergence was checkpointed.
+  assert checkpoints.latest_epoch(
+      checkpoints.cell_directory(tmp_path, "sal")) is None
+
+
+def test_divergence_leaves_the_last_good_checkpoint_intact(tmp_path,
+                                                           data_dir):
+  config = _config(data_dir, epochs=2, seeds=1, train_size=64)
+  data = train.load_data(config)
+  cell = train.Cell("sal", train.make_circuit(config, data),
+                    train.seed_members(config))
+  good = tmp_path / "good"
+  logger = logs.Logger(tmp_path)
+  train.run_cell(config, cell, data, logger, good)
+  # A copy of epoch 2 whose weights will overflow at the next step.
+  bad = tmp_path / "bad"
+  like = train.loop.init_sweep(jax.numpy.stack([jax.random.key(0)]),
+                               cell.circuit,
+                               train.make_optimizer(config, cell.circuit))
+  states, meta = checkpoints.restore_latest(checkpoints.manager(good, 2), like)
+  states = states.replace(weights=jax.tree.map(lambda w: w * 1e30,
+                                               states.weights))
+  checkpoints.save(checkpoints.manager(bad, 2), 2, states,
+                   dict(history=meta["history"], diverged={}))
+  config.epochs = 4
+  result = train.run_cell(config, cell, data, logger, bad)
+  logger.close()
+  assert result["diverged"] == {0: (3, 0)}
+  assert checkpoints.latest_epoch(bad) == 2
+
+
+def test_a_diverging_member_is_marked_and_the_others_carry_on(tmp_path,
+                                                              data_dir):
+  config = _config(data_dir, epochs=2, train_size=64, clip_norm=0.0)
+  data = train.load_data(config)
+  cell = train.Cell("sal", train.make_circuit(config, data),
+                    [dict(seed=0, learning_rate=1e6), dict(seed=1)])
+  logger = logs.Logger(tmp_path)
+  result = train.run_cell(config, cell, data, logger)
+  logger.close()
+  assert list(result["diverged"]) == [0]
+  assert len(result["history"][1]) == 2
+  assert np.isfinite(result["history"][1][-1]["test_accuracy"])
+  summary = train.summarize(result)
+  assert summary["seeds"] == [1] and "0" in summary["diverged"]
+
+
+def test_workdir_of_another_experiment_is_refused_before_writing(tmp_path,
+                                                                 data_dir):
+  first = _cli(tmp_path, data_dir, "--config.epochs=1")
+  assert first.returncode == 0
+  before = (tmp_path / "config.json").read_text()
+  again = _cli(tmp_path, data_dir, "--config.epochs=1",
+               "--config.dataset=fashion_mnist")
+  assert again.returncode == 2
+  assert "holds a run of a different configuration" in again.stderr
+  assert "dataset" in again.stderr
+  assert (tmp_path / "config.json").read_text() == before
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.learning_rate=-0.1", "learning_rate must be non-negative"),
+    ("--config.weight_decay=-1", "weight_decay must be non-negative"),
+    ("--config.nonlinearity=gelu", "unknown nonlinearity 'gelu'"),
+    ("--config.ratio=0", "ratio must be positive"),
+    ("--config.hidden=(16,0)", "hidden widths must be positive"),
+    ("--config.seeds=0", "seeds must be positive"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(
+    tmp_path, data_dir, override, message):
+  result = _cli(tmp_path / "run", data_dir, override)
+  assert result.returncode == 2 and message in result.stderr, result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_metrics_also_go_to_tensorboard_event_files(tmp_path, data_dir):
+  config = _config(data_dir, epochs=1, train_size=64)
+  train.train_and_evaluate(config, tmp_path)
+  events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert events and b"test_accuracy" in events[0].read_bytes()

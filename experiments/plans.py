@@ -189,7 +189,7 @@ def ablation_report(config, data, results, run, workdir):
 # ---------------------------------------------------------------- lr grid
 
 
-def _grid_points(config):
+def grid_points(config):
   return list(itertools.product(config.sal_learning_rates, config.grid_w,
                                 config.grid_w_bar, config.grid_v,
                                 config.grid_v_bar))
@@ -201,7 +201,7 @@ def lr_grid_cells(config, data):
                      "config.validation_size > 0")
   sal_members = [dict(seed=config.seed + s, learning_rate=lr, m_w=a,
                       m_w_bar=b, m_v=c, m_v_bar=d)
-                 for lr, a, b, c, d in _grid_points(config)
+                 for lr, a, b, c, d in grid_points(config)
                  for s in range(config.seeds)]
   sgd_members = [dict(seed=config.seed + s, learning_rate=lr)
                  for lr in config.sgd_learning_rates
@@ -228,19 +228,22 @@ def _validation_scores(result, n_seeds):
   return np.asarray(scores), diverged
 
 
-def lr_grid_report(config, data, results, run, workdir):
+def lr_grid_search_summary(config, results, workdir):
+  """Scores every grid point on validation, draws the heat-maps, picks the best.
+
+  Works on the in-memory results of a run or on those ``result_from_metrics``
+  reads back from a workdir's metrics.jsonl.
+  """
   n = config.seeds
-  points = _grid_points(config)
+  points = grid_points(config)
   sal_scores, sal_div = _validation_scores(results["sal"], n)
   sgd_scores, sgd_div = _validation_scores(results["sgd"], n)
-  best_sal = points[int(np.argmax(sal_scores))]
-  best_sgd = config.sgd_learning_rates[int(np.argmax(sgd_scores))]
-
   rows = list(itertools.product(config.grid_w, config.grid_w_bar))
   cols = list(itertools.product(config.grid_v, config.grid_v_bar))
+  per_lr = len(rows) * len(cols)
   for li, lr in enumerate(config.sal_learning_rates):
-    grid = sal_scores[li * len(rows) * len(cols):(li + 1) * len(rows)
-                      * len(cols)].reshape(len(rows), len(cols))
+    grid = sal_scores[li * per_lr:(li + 1) * per_lr].reshape(len(rows),
+                                                             len(cols))
     plots.heatmap(grid, [f"W {a:g}, W̄ {b:g}" for a, b in rows],
                   [f"V {c:g}, V̄ {d:g}" for c, d in cols],
                   f"{config.dataset}: SAL validation accuracy, lr {lr:g} "
@@ -250,25 +253,7 @@ def lr_grid_report(config, data, results, run, workdir):
              "learning rate", "validation accuracy",
              f"{config.dataset}: SGD learning-rate search",
              workdir / "lr_grid_sgd.png", logx=True)
-
-  # Stage 2: the chosen points on the whole training set, fresh seeds, test.
-  final_config = config.copy_and_resolve_references()
-  final_config.validation_size = 0
-  final_config.seeds = config.final_seeds
-  full = train.load_data(final_config)
-  fresh = config.seed + 1000
-  lr, a, b, c, d = best_sal
-  finals = {
-      "sal": run(train.Cell(
-          "sal (chosen)", train.make_circuit(final_config, full, method="sal"),
-          train.seed_members(final_config, fresh, learning_rate=lr, m_w=a,
-                             m_w_bar=b, m_v=c, m_v_bar=d)), full),
-      "sgd": run(train.Cell(
-          "sgd (chosen)", train.make_circuit(final_config, full, method="sgd",
-                                             ratio=1.0),
-          train.seed_members(final_config, fresh, learning_rate=best_sgd)),
-          full),
-  }
+  lr, a, b, c, d = points[int(np.argmax(sal_scores))]
   return dict(
       grid=[dict(learning_rate=p[0], m_w=p[1], m_w_bar=p[2], m_v=p[3],
                  m_v_bar=p[4], validation_accuracy=float(s), diverged_seeds=dv)
@@ -276,12 +261,37 @@ def lr_grid_report(config, data, results, run, workdir):
       sgd_grid=[dict(learning_rate=lr_, validation_accuracy=float(s),
                      diverged_seeds=dv) for lr_, s, dv in
                 zip(config.sgd_learning_rates, sgd_scores, sgd_div)],
-      chosen=dict(sal=dict(learning_rate=lr, m_w=a, m_w_bar=b, m_v=c,
-                           m_v_bar=d, validation_accuracy=float(
-                               np.max(sal_scores))),
-                  sgd=dict(learning_rate=best_sgd,
-                           validation_accuracy=float(np.max(sgd_scores)))),
-      test={k: train.summarize(r) for k, r in finals.items()})
+      chosen=dict(
+          sal=dict(learning_rate=lr, m_w=a, m_w_bar=b, m_v=c, m_v_bar=d,
+                   validation_accuracy=float(np.max(sal_scores))),
+          sgd=dict(learning_rate=config.sgd_learning_rates[
+              int(np.argmax(sgd_scores))],
+                   validation_accuracy=float(np.max(sgd_scores)))))
+
+
+def lr_grid_report(config, data, results, run, workdir):
+  del data
+  search = lr_grid_search_summary(config, results, workdir)
+  sal, sgd = search["chosen"]["sal"], search["chosen"]["sgd"]
+
+  # Stage 2: the chosen points on the whole training set, fresh seeds, test.
+  final_config = config.copy_and_resolve_references()
+  final_config.validation_size = 0
+  final_config.seeds = config.final_seeds
+  full = train.load_data(final_config)
+  fresh = config.seed + 1000
+  hyperparams = {k: sal[k] for k in train.HYPERPARAMS}
+  finals = {
+      "sal": run(train.Cell(
+          "sal (chosen)", train.make_circuit(final_config, full, method="sal"),
+          train.seed_members(final_config, fresh, **hyperparams)), full),
+      "sgd": run(train.Cell(
+          "sgd (chosen)", train.make_circuit(final_config, full, method="sgd",
+                                             ratio=1.0),
+          train.seed_members(final_config, fresh,
+                             learning_rate=sgd["learning_rate"])), full),
+  }
+  return dict(search, test={k: train.summarize(r) for k, r in finals.items()})
 
 
 # ---------------------------------------------------------------- structure

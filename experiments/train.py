@@ -236,6 +236,30 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
               final_all=jax.tree.map(np.asarray, states.weights))
 
 
+def result_from_metrics(lines: list[dict], label: str) -> dict[str, Any]:
+  """A cell's members, histories and divergences, read back from metrics.jsonl.
+
+  Lets a report be rebuilt from the log of a run that did not finish.
+  """
+  members, history, diverged = [], [], {}
+  index = {}
+  for line in lines:
+    if line["cell"] != label:
+      continue
+    member = {k: line[k] for k in ("seed", *HYPERPARAMS) if k in line}
+    key = tuple(sorted(member.items()))
+    if key not in index:
+      index[key] = len(members)
+      members.append(member)
+      history.append([])
+    i = index[key]
+    record = {k: v for k, v in line.items() if k not in member and k != "cell"}
+    history[i].append(record)
+    if record.get("diverged"):
+      diverged[i] = (record["epoch"], record["diverged_step"])
+  return dict(members=members, history=history, diverged=diverged)
+
+
 def summarize(result: dict[str, Any], key: str = "test_accuracy"):
   """Per-member final and best ``key``, their mean and std (diverged apart)."""
   final, best, train, seeds, diverged = [], [], [], [], {}

@@ -16,4 +16,9 @@ from sal_jax.train import make_step
 from sal_jax.train import train_step
 from sal_jax.train import TrainState
 
+__all__ = [
+    "Circuit", "downstream", "effective_rank", "evaluate", "init_state",
+    "init_weights", "LOSSES", "make_step", "METHODS", "plasticity",
+    "reference_optimizer", "train_step", "TrainState", "upstream", "Weights",
+]
 __version__ = "0.1.0"

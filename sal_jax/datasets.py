@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import importlib.util
 import os
 import pathlib
 import pickle
@@ -301,11 +302,7 @@ def _read_tfds(name: str, data_dir: str | None):
   if tfds_name is None:
     return None
   builder = tfds.builder(tfds_name, data_dir=data_dir)
-  try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-    have_tf = True
-  except ImportError:
-    have_tf = False
+  have_tf = importlib.util.find_spec("tensorflow") is not None
   out = {}
   for split in ("train", "test"):
     if have_tf and builder.is_prepared():

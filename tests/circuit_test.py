@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import sal_jax as sj
-from sal_jax import diagnostics
 from sal_jax import train
 from tests.conftest import random_batch
 

@@ -130,6 +130,17 @@ def test_lr_grid_chooses_on_validation_and_scores_fresh_seeds(tmp_path,
   assert len(results["test"]["sgd"]["final_test_accuracy"]) == (
       config.final_seeds)
   assert (tmp_path / "lr_grid_heatmap_lr0.png").exists()
+  # The search summary can be rebuilt from the log alone.
+  (tmp_path / "lr_grid_heatmap_lr0.png").unlink()
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.grid_summary",
+       f"--workdir={tmp_path}"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rebuilt = json.loads((tmp_path / "search_summary.json").read_text())
+  assert rebuilt["chosen"] == results["chosen"]
+  assert rebuilt["grid"] == results["grid"]
+  assert (tmp_path / "lr_grid_heatmap_lr0.png").exists()
 
 
 def test_structure_reports_effective_ranks_before_and_after(tmp_path,

@@ -1,0 +1,58 @@
+r"""Rebuilds the lr_grid search summary and heat-maps from a workdir's log.
+
+    python -m experiments.grid_summary --workdir=runs/lr_grid_mnist
+
+Reads config.json and metrics.jsonl, scores every grid point as the lr_grid
+experiment does (mean final validation accuracy over seeds, a diverged seed
+scoring 0), redraws the heat-maps into the workdir and prints the best points.
+Useful for a search whose run was stopped before its final stage.
+"""
+
+import json
+import pathlib
+
+from absl import app
+from absl import flags
+import ml_collections
+
+from experiments import plans
+from experiments import train
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "An lr_grid run's workdir.")
+_TOP = flags.DEFINE_integer("top", 5, "How many of the best points to print.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  del argv
+  workdir = pathlib.Path(_WORKDIR.value)
+  config = ml_collections.ConfigDict(
+      json.loads((workdir / "config.json").read_text()))
+  if config.experiment != "lr_grid":
+    raise app.UsageError(f"{workdir} holds a {config.experiment} run")
+  lines = [json.loads(l) for l in
+           (workdir / "metrics.jsonl").read_text().splitlines()]
+  results = {label: train.result_from_metrics(lines, label)
+             for label in ("sal", "sgd")}
+  expected = len(plans.grid_points(config)) * config.seeds
+  epochs = {len(h) for i, h in enumerate(results["sal"]["history"])
+            if i not in results["sal"]["diverged"]}
+  if len(results["sal"]["members"]) != expected or epochs != {config.epochs}:
+    raise app.UsageError(f"{workdir}: the search stage is incomplete")
+  summary = plans.lr_grid_search_summary(config, results, workdir)
+  train.write_json_atomically(workdir / "search_summary.json", summary)
+  ranked = sorted(summary["grid"], key=lambda p: -p["validation_accuracy"])
+  print(f"{config.dataset}: {len(ranked)} SAL points x {config.seeds} seeds, "
+        f"{config.epochs} epochs; validation accuracy (diverged seed = 0)")
+  for p in ranked[:_TOP.value]:
+    print("  " + ", ".join(f"{k}={v:g}" for k, v in p.items()))
+  diverging = sum(1 for p in ranked if p["diverged_seeds"])
+  print(f"  points with a diverged seed: {diverging}")
+  print("SGD:")
+  for p in summary["sgd_grid"]:
+    print("  " + ", ".join(f"{k}={v:g}" for k, v in p.items()))
+  print("chosen:", json.dumps(summary["chosen"]))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -37,6 +37,7 @@ _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Directory with mnist.npz; random data of MNIST's shape "
     "when absent.")
 _SWEEP = flags.DEFINE_integer("sweep", 16, "Models in the vmapped sweep.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per mode (median).")
 _METHODS = flags.DEFINE_list(
     "methods", None, "Rows to run (default all): backprop, sgd, fa, kp, sal, "
     "sal_sqrt5, sal_sqrt8.")
@@ -165,7 +166,7 @@ def main(argv):
     images, labels = images[:8 * BATCH], labels[:8 * BATCH]
   images, labels = jax.device_put(images), jax.device_put(labels)
   sweep = 2 if quick else _SWEEP.value
-  repeats = 1 if quick else 5
+  repeats = 1 if quick else _REPEATS.value
   device = jax.local_devices()[0]
   print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}, "
         f"{platform.node()}; {data}, {images.shape[0] // BATCH} steps/epoch")

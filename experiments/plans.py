@@ -311,10 +311,12 @@ def structure_report(config, data, results, run, workdir):
     for family, mats in zip(sj.Weights._fields, weights):
       ranks[f"{family}_{when}"] = [float(sj.effective_rank(jnp.asarray(m)))
                                    for m in mats]
-  for family, index in (("w", 1), ("w_bar", 0), ("v", 0), ("v_bar", 0)):
+  # The matrices meeting at hidden level 1: W^1, W̄^1, V^1, V̄^0.
+  for family, index, level in (("w", 1, 1), ("w_bar", 0, 1), ("v", 0, 1),
+                               ("v_bar", 0, 0)):
     for when, weights in (("before", r["initial"]), ("after", r["final"])):
       m = np.asarray(getattr(weights, family)[index])
-      images[f"{names[family]}[{index}] {when}: MᵀM"] = m.T @ m
+      images[f"{names[family]}^{level} {when}: MᵀM"] = m.T @ m
   plots.matrices(images, 4, f"{config.dataset}: Gram matrices, width "
                  f"{config.hidden[0]}", workdir / "structure_gram.png")
   return dict(effective_rank=ranks, accuracy=train.summarize(r))
@@ -324,34 +326,46 @@ def structure_report(config, data, results, run, workdir):
 
 
 def alignment_cells(config, data):
-  return structure_cells(config, data)
+  """The reference setup, and Lemma 1's premise: V and V̄ learn alike."""
+  m_v = config.multipliers[2]
+  return [
+      train.Cell("reference", train.make_circuit(config, data, method="sal"),
+                 train.seed_members(config)),
+      train.Cell("lemma premise",
+                 train.make_circuit(config, data, method="sal",
+                                    v_bar_signal="activity"),
+                 train.seed_members(config, m_v_bar=m_v)),
+  ]
 
 
 def alignment_report(config, data, results, run, workdir):
   del run, data
-  r = results["sal"]
-  cos = _per_epoch(r, "grad_cosine")  # [members, epochs, layers]
-  gap = _per_epoch(r, "lemma1_gap")
-  epochs = np.arange(1, cos.shape[1] + 1)
-  plots.lines(epochs, {f"layer {l}": cos[:, :, l].mean(0)
-                       for l in range(cos.shape[2])}, "epoch",
-              "cos(ΔW_SAL, -∇W F), epoch mean",
-              f"{config.dataset}: alignment with the true gradient",
-              workdir / "alignment_cosine.png")
-  plots.lines(epochs, {f"level {k + 1}": gap[:, :, k].mean(0)
-                       for k in range(gap.shape[2])}, "epoch",
-              "‖V - V̄ᵀ‖ / ‖V‖", f"{config.dataset}: Lemma-1 gap",
-              workdir / "alignment_lemma1_gap.png")
-  return dict(grad_cosine_by_epoch=cos.mean(0).tolist(),
-              lemma1_gap_by_epoch=gap.mean(0).tolist(),
-              accuracy=train.summarize(r))
+  summary = {}
+  for label, r in results.items():
+    cos = _per_epoch(r, "grad_cosine")  # [members, epochs, layers]
+    gap = _per_epoch(r, "lemma1_gap")
+    epochs = np.arange(1, cos.shape[1] + 1)
+    slug = label.replace(" ", "_")
+    plots.lines(epochs, {f"W{l}": cos[:, :, l].mean(0)
+                         for l in range(cos.shape[2])}, "epoch",
+                "cos(ΔW_SAL, -∇W F), epoch mean",
+                f"{config.dataset}, {label}: alignment with the gradient",
+                workdir / f"alignment_cosine_{slug}.png")
+    plots.lines(epochs, {f"level {k + 1}": gap[:, :, k].mean(0)
+                         for k in range(gap.shape[2])}, "epoch",
+                "‖V - V̄ᵀ‖ / ‖V‖", f"{config.dataset}, {label}: Lemma-1 gap",
+                workdir / f"alignment_lemma1_gap_{slug}.png")
+    summary[label] = dict(grad_cosine_by_epoch=cos.mean(0).tolist(),
+                          lemma1_gap_by_epoch=gap.mean(0).tolist(),
+                          accuracy=train.summarize(r))
+  return summary
 
 
 # ---------------------------------------------------------------- modulation
 
 
 def modulation_cells(config, data):
-  return structure_cells(config, data)
+  return structure_cells(config, data)  # one SAL cell, the config's setup
 
 
 def modulation_report(config, data, results, run, workdir):

@@ -90,7 +90,8 @@ def matrices(images: dict[str, np.ndarray], ncols: int, title: str,
   for ax in axes.ravel():
     ax.axis("off")
   for ax, (label, m) in zip(axes.ravel(), images.items()):
-    ax.imshow(m, cmap="RdBu_r")
+    limit = float(np.abs(m).max()) or 1.0
+    ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit)  # white = 0
     ax.set_title(label, fontsize=7)
   fig.suptitle(title, fontsize=9)
   save(fig, path)

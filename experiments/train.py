@@ -218,10 +218,12 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
       logger.write(cell.label, member, record)
     logger.flush()
     alive = [i for i in range(n_members) if i not in diverged]
-    test = [history[i][-1]["test_accuracy"] for i in alive]
-    logging.info("%s epoch %d/%d: test accuracy %s, %.0f examples/s%s",
-                 cell.label, epoch, epochs,
-                 f"{np.mean(test):.4f}" if test else "n/a",
+    mean = lambda key: (f"{np.mean([history[i][-1][key] for i in alive]):.4f}"
+                        if alive else "n/a")
+    logging.info("%s epoch %d/%d: train loss %s, train accuracy %s, test "
+                 "accuracy %s, %.0f examples/s%s", cell.label, epoch, epochs,
+                 mean("train_loss"), mean("train_accuracy"),
+                 mean("test_accuracy"),
                  n_members * steps * config.batch_size / seconds,
                  f", {len(diverged)} diverged" if diverged else "")
     if not alive:

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from sal_jax import losses
 from sal_jax import methods as methods_lib
 
 Array = jax.Array
@@ -98,6 +99,8 @@ class Circuit:
   def __post_init__(self):
     widths = tuple(int(d) for d in self.widths)
     object.__setattr__(self, "widths", widths)
+    if self.plastic is not None:  # a tuple keeps the circuit hashable
+      object.__setattr__(self, "plastic", tuple(self.plastic))
     if self.method not in methods_lib.METHODS:
       raise ValueError(
           f"unknown method {self.method!r}; expected one of "
@@ -125,8 +128,9 @@ class Circuit:
       raise ValueError(
           f"method {self.method!r} computes backprop and needs nonlinearity "
           f"'relu_jacobian', got {self.nonlinearity!r}")
+    # Without V, V̄ (the identity) the two streams must be equally wide.
     needs_equal_widths = (self.d_nonlinearity == "relu_jacobian"
-                          or not spec.inter_stream or spec.tied)
+                          or not spec.inter_stream)
     hidden_bar = self.downstream_widths[:-1]
     if needs_equal_widths and hidden_bar != self.upstream_widths[1:-1]:
       why = ("nonlinearity 'relu_jacobian'"
@@ -143,7 +147,6 @@ class Circuit:
     if self.mirror_noise_std <= 0:
       raise ValueError(
           f"mirror_noise_std must be positive, got {self.mirror_noise_std}")
-    from sal_jax import losses  # pylint: disable=g-import-not-at-top
     if self.loss not in losses.LOSSES:
       raise ValueError(
           f"unknown loss {self.loss!r}; expected one of {sorted(losses.LOSSES)}")

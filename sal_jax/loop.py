@@ -18,7 +18,6 @@ import optax
 
 from sal_jax import circuit as circuit_lib
 from sal_jax import datasets
-from sal_jax import losses
 from sal_jax import optim
 from sal_jax import train
 
@@ -66,14 +65,11 @@ def evaluate_arrays(circuit: Circuit, weights: circuit_lib.Weights,
 
   Jit-friendly: full chunks run in a scan, the remainder once more.
   """
-  loss = losses.LOSSES[circuit.loss]
   n = images.shape[0]
 
   def sums(imgs, lbls):
-    x, y = datasets.preprocess(imgs, lbls)
-    logits = circuit_lib.upstream(weights.w, x).output
-    return jnp.stack([jnp.sum(loss.value(logits, y)),
-                      jnp.sum(loss.correct(logits, y))])
+    return train.loss_and_correct_sums(circuit, weights,
+                                       datasets.preprocess(imgs, lbls))
 
   full = (n // batch_size) * batch_size
   total = jnp.zeros(2)

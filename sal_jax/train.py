@@ -112,13 +112,17 @@ def evaluate(circuit: Circuit, weights: Weights, batch: Batch,
           "accuracy": float(totals[1] / x.shape[0])}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _eval_sums(circuit: Circuit, weights: Weights, batch: Batch) -> Array:
+def loss_and_correct_sums(circuit: Circuit, weights: Weights,
+                          batch: Batch) -> Array:
+  """[Σ loss, Σ correct] over a batch: what evaluation accumulates."""
   x, y = batch
   logits = circuit_lib.upstream(weights.w, x.astype(jnp.float32)).output
   loss = losses.LOSSES[circuit.loss]
   return jnp.stack([jnp.sum(loss.value(logits, y)),
                     jnp.sum(loss.correct(logits, y))])
+
+
+_eval_sums = jax.jit(loss_and_correct_sums, static_argnums=0)
 
 
 def predict(weights: Weights, x: Any) -> Array:

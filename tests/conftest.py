@@ -20,3 +20,14 @@ def random_batch(rng, batch_size, d_in, num_classes, multi_label=False):
   else:
     y = rng.integers(0, num_classes, batch_size).astype(np.int32)
   return x, y
+
+
+def write_mnist_npz(directory, num_train, num_test):
+  """A random MNIST-format ``mnist.npz`` in ``directory``; returns it."""
+  rng = np.random.default_rng(0)
+  np.savez(directory / "mnist.npz",
+           x_train=rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
+           y_train=rng.integers(0, 10, num_train),
+           x_test=rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
+           y_test=rng.integers(0, 10, num_test))
+  return directory

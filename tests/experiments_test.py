@@ -15,20 +15,15 @@ from experiments.configs import (ablation, alignment, digits,
                                  feedback_nonlinearity, lr_grid, modulation,
                                  structure, table1, width_sweep)
 
+from tests.conftest import write_mnist_npz
+
 ROOT = pathlib.Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   """A tiny MNIST-format .npz: 48 training and 20 test images."""
-  path = tmp_path_factory.mktemp("data")
-  rng = np.random.default_rng(0)
-  np.savez(path / "mnist.npz",
-           x_train=rng.integers(0, 256, (48, 28, 28), dtype=np.uint8),
-           y_train=rng.integers(0, 10, 48),
-           x_test=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
-           y_test=rng.integers(0, 10, 20))
-  return path
+  return write_mnist_npz(tmp_path_factory.mktemp("data"), 48, 20)
 
 
 def _config(module, data_dir, **overrides):
@@ -157,11 +152,13 @@ def test_structure_reports_effective_ranks_before_and_after(tmp_path,
 def test_alignment_records_cosines_and_lemma1_gap(tmp_path, data_dir):
   config = _config(alignment, data_dir)
   train.train_and_evaluate(config, tmp_path)
-  results, files = _check_common(tmp_path, config, config.seeds)
-  cos = np.asarray(results["summary"]["grad_cosine_by_epoch"])
-  assert cos.shape == (config.epochs, len(config.hidden) + 1)
-  np.testing.assert_allclose(cos[:, -1], 1.0, rtol=1e-4)  # output layer
-  assert {"alignment_cosine.png", "alignment_lemma1_gap.png"} <= files
+  results, files = _check_common(tmp_path, config, 2 * config.seeds)
+  for label in ("reference", "lemma premise"):
+    cos = np.asarray(results["summary"][label]["grad_cosine_by_epoch"])
+    assert cos.shape == (config.epochs, len(config.hidden) + 1)
+    np.testing.assert_allclose(cos[:, -1], 1.0, rtol=1e-4)  # output layer
+  assert {"alignment_cosine_reference.png",
+          "alignment_lemma1_gap_lemma_premise.png"} <= files
 
 
 def test_modulation_reports_loss_against_tau(tmp_path, data_dir):

@@ -18,20 +18,15 @@ from experiments import logs
 from experiments import train
 from experiments.configs import table1
 
+from tests.conftest import write_mnist_npz
+
 ROOT = pathlib.Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   """An MNIST-format .npz with 2,000 training images: epochs take a while."""
-  path = tmp_path_factory.mktemp("data")
-  rng = np.random.default_rng(0)
-  np.savez(path / "mnist.npz",
-           x_train=rng.integers(0, 256, (2000, 28, 28), dtype=np.uint8),
-           y_train=rng.integers(0, 10, 2000),
-           x_test=rng.integers(0, 256, (50, 28, 28), dtype=np.uint8),
-           y_test=rng.integers(0, 10, 50))
-  return path
+  return write_mnist_npz(tmp_path_factory.mktemp("data"), 2000, 50)
 
 
 def _config(data_dir, **overrides):

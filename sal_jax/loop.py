@@ -103,11 +103,12 @@ def init_sweep(keys: Array, circuit: Circuit,
           opt_state=optim.with_hyperparams(state.opt_state, **hp))
     return state
 
-  return jax.vmap(member)(keys, {k: jnp.asarray(v)
-                                 for k, v in hyperparams.items()})
+  # Copies: the states get donated, and must not alias the caller's arrays.
+  return jax.vmap(member)(jnp.array(keys),
+                          {k: jnp.array(v) for k, v in hyperparams.items()})
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=4)
 def _sweep_epoch(circuit, optimizer, batch_size, diagnostics, states, keys,
                  images, labels):
   epoch = make_epoch(circuit, optimizer, batch_size, diagnostics=diagnostics)
@@ -120,7 +121,8 @@ def sweep_epoch(circuit: Circuit, optimizer: optax.GradientTransformation,
                 images: Array, labels: Array, *, diagnostics: bool = False):
   """One epoch of every member of a sweep, as one compiled program.
 
-  A member that diverges (non-finite loss) produces NaNs in its own rows only.
+  ``states`` is donated: use the returned states. A member that diverges
+  (non-finite loss) produces NaNs in its own rows only.
   """
   return _sweep_epoch(circuit, optimizer, batch_size, diagnostics, states,
                       keys, images, labels)

@@ -4,7 +4,8 @@ A checkpoint holds every member's TrainState (weights of all four families,
 optimizer state, step, PRNG key) and, as JSON, the epoch reached, the
 per-member history and which members diverged. Orbax writes each checkpoint
 into a temporary folder and renames it when complete, so a killed save never
-leaves a checkpoint that loads as valid; the newest ``keep`` are kept.
+leaves a checkpoint that loads as valid; the newest ``keep`` are kept, and
+older ones are moved aside atomically before they are deleted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import pathlib
 import re
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -28,10 +30,17 @@ def cell_directory(workdir: pathlib.Path, label: str) -> pathlib.Path:
   return workdir / "checkpoints" / f"{readable}-{digest}"
 
 
+# Orbax prunes an old checkpoint by renaming it into this sub-folder (atomic),
+# so a run killed while pruning never leaves a half-deleted step behind; we
+# empty the folder after each save.
+_PRUNED = "pruned"
+
+
 def manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       directory.absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           todelete_subdir=_PRUNED))
 
 
 def _storable(states: train.TrainState) -> train.TrainState:
@@ -46,6 +55,7 @@ def save(mngr: ocp.CheckpointManager, epoch: int, states: train.TrainState,
       state=ocp.args.StandardSave(_storable(states)),
       meta=ocp.args.JsonSave(dict(meta, epoch=epoch))))
   mngr.wait_until_finished()
+  shutil.rmtree(pathlib.Path(mngr.directory) / _PRUNED, ignore_errors=True)
 
 
 def restore_latest(mngr: ocp.CheckpointManager,

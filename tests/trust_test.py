@@ -73,10 +73,15 @@ def test_run_killed_mid_training_resumes_to_bitwise_identical_weights(
   killed_dir = tmp_path / "killed"
   proc = _cli(killed_dir, data_dir, *args, wait=False)
   cell_dir = checkpoints.cell_directory(killed_dir, "sal")
+  def checkpointed_epoch():
+    try:  # the run may be pruning an old checkpoint while we list them
+      return checkpoints.latest_epoch(cell_dir) or 0
+    except OSError:
+      return 0
+
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
-    if checkpoints.latest_epoch(cell_dir) is not None and (
-        checkpoints.latest_epoch(cell_dir) >= 3):
+    if checkpointed_epoch() >= 3:
       break
     time.sleep(0.05)
   assert proc.poll() is None, "the run finished before it could be killed"
@@ -200,3 +205,16 @@ def test_metrics_also_go_to_tensorboard_event_files(tmp_path, data_dir):
   train.train_and_evaluate(config, tmp_path)
   events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
   assert events and b"test_accuracy" in events[0].read_bytes()
+
+
+def test_old_checkpoints_are_pruned_leaving_only_complete_steps(tmp_path,
+                                                                data_dir):
+  config = _config(data_dir, epochs=4, seeds=1, train_size=64,
+                   checkpoint_every=1, keep_checkpoints=2)
+  data = train.load_data(config)
+  cell = train.Cell("sal", train.make_circuit(config, data),
+                    train.seed_members(config))
+  logger = logs.Logger(tmp_path)
+  train.run_cell(config, cell, data, logger, tmp_path / "ckpt")
+  logger.close()
+  assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["3", "4"]

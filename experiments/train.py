@@ -115,10 +115,6 @@ def _member_hyperparams(config, members):
                          jnp.float32) for k in HYPERPARAMS}
 
 
-def _finite(x) -> bool:
-  return bool(np.all(np.isfinite(x)))
-
-
 def _all_finite(weights) -> np.ndarray:
   """Per member: are all its weights finite?"""
   return np.asarray(jax.vmap(lambda w: jnp.all(jnp.stack(

@@ -8,7 +8,6 @@ epochs and vmaps over seeds reuse ``train_step`` unchanged.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.struct
 import jax
@@ -123,8 +122,3 @@ def loss_and_correct_sums(circuit: Circuit, weights: Weights,
 
 
 _eval_sums = jax.jit(loss_and_correct_sums, static_argnums=0)
-
-
-def predict(weights: Weights, x: Any) -> Array:
-  """The output ŷ for inputs ``x``."""
-  return circuit_lib.upstream(weights.w, jnp.asarray(x, jnp.float32)).output

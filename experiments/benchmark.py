@@ -23,7 +23,6 @@ from absl import app
 from absl import flags
 import jax
 import numpy as np
-import optax
 
 import sal_jax as sj
 from sal_jax import datasets
@@ -50,11 +49,8 @@ def backprop_step(optimizer, state, batch):
   """The yardstick: autodiff gradient through the same optax chain."""
   grads = diagnostics.loss_gradient(CIRCUITS["backprop"], state.weights.w,
                                     batch)
-  grads = state.weights._replace(w=grads)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.weights)
-  return state.replace(step=state.step + 1,
-                       weights=optax.apply_updates(state.weights, updates),
-                       opt_state=opt_state), {}
+  return train.apply_gradients(optimizer, state,
+                               state.weights._replace(w=grads)), {}
 
 
 CIRCUITS = {
@@ -76,15 +72,7 @@ def _step_fn(name, circuit, optimizer):
 
 def _epoch_fn(name, circuit, optimizer):
   """A scanned epoch built on the row's own step function."""
-  step = _step_fn(name, circuit, optimizer)
-
-  def epoch(state, key, images, labels):
-    idx = datasets.epoch_indices(key, images.shape[0], BATCH)
-    return jax.lax.scan(
-        lambda s, i: step(s, datasets.preprocess(images[i], labels[i])),
-        state, idx)
-
-  return epoch
+  return loop.scan_epoch(_step_fn(name, circuit, optimizer), BATCH)
 
 
 def _median_time(fn, repeats):

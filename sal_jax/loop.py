@@ -25,37 +25,44 @@ Array = jax.Array
 Circuit = circuit_lib.Circuit
 
 
-def make_epoch(circuit: Circuit, optimizer: optax.GradientTransformation,
-               batch_size: int, *, diagnostics: bool = False,
+def scan_epoch(step: Callable, batch_size: int, *,
                batch_sharding=None) -> Callable:
   """Returns ``epoch(state, key, images, labels) -> (state, metrics)``.
 
-  ``metrics`` holds one row per step. Not jitted: wrap it in ``jax.jit`` (or
-  ``jax.vmap`` first, for a sweep), donating the state.
+  Runs ``step(state, batch) -> (state, metrics)`` over one shuffled epoch as a
+  ``lax.scan``: the permutation comes from ``key``, each batch is gathered from
+  the uint8 ``images`` and preprocessed inside the scan, and ``metrics`` holds
+  one row per step. Not jitted: wrap it in ``jax.jit`` (or ``jax.vmap`` first,
+  for a sweep), donating the state.
 
   Args:
-    circuit: static configuration.
-    optimizer: the optax transformation the rules feed.
+    step: any step function, such as ``train.train_step`` bound to a circuit.
     batch_size: examples per step; the last partial batch is dropped.
-    diagnostics: add the per-step diagnostics to the metrics.
     batch_sharding: optional sharding each batch is constrained to (data
       parallelism, see ``parallel``).
   """
 
-  def epoch(state: train.TrainState, key: Array, images: Array,
-            labels: Array):
+  def epoch(state, key: Array, images: Array, labels: Array):
     idx = datasets.epoch_indices(key, images.shape[0], batch_size)
 
     def body(state, idx_B):
       batch = datasets.preprocess(images[idx_B], labels[idx_B])
       if batch_sharding is not None:
         batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-      return train.train_step(circuit, optimizer, state, batch,
-                              diagnostics=diagnostics)
+      return step(state, batch)
 
     return jax.lax.scan(body, state, idx)
 
   return epoch
+
+
+def make_epoch(circuit: Circuit, optimizer: optax.GradientTransformation,
+               batch_size: int, *, diagnostics: bool = False,
+               batch_sharding=None) -> Callable:
+  """``scan_epoch`` of the circuit's ``train_step`` (see there)."""
+  step = functools.partial(train.train_step, circuit, optimizer,
+                           diagnostics=diagnostics)
+  return scan_epoch(step, batch_size, batch_sharding=batch_sharding)
 
 
 def evaluate_arrays(circuit: Circuit, weights: circuit_lib.Weights,

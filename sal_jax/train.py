@@ -64,8 +64,6 @@ def train_step(circuit: Circuit, optimizer: optax.GradientTransformation,
   up, down = forward_and_feedback(circuit, state.weights, batch)
   grads = rules.plasticity(circuit, state.weights, up, down,
                            key=jax.random.fold_in(state.key, state.step))
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.weights)
-  weights = optax.apply_updates(state.weights, updates)
   loss = losses.LOSSES[circuit.loss]
   metrics = {
       "loss": jnp.mean(loss.value(up.output, batch[1])),
@@ -74,9 +72,16 @@ def train_step(circuit: Circuit, optimizer: optax.GradientTransformation,
   if diagnostics:
     metrics.update(diagnostics_lib.all_diagnostics(
         circuit, state.weights, batch, grads))
-  new_state = state.replace(step=state.step + 1, weights=weights,
-                            opt_state=opt_state)
-  return new_state, metrics
+  return apply_gradients(optimizer, state, grads), metrics
+
+
+def apply_gradients(optimizer: optax.GradientTransformation,
+                    state: TrainState, grads: Weights) -> TrainState:
+  """The next state: ``grads`` (signed as gradients) through ``optimizer``."""
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.weights)
+  return state.replace(step=state.step + 1,
+                       weights=optax.apply_updates(state.weights, updates),
+                       opt_state=opt_state)
 
 
 def make_step(circuit: Circuit, optimizer: optax.GradientTransformation, *,

@@ -1,0 +1,27 @@
+"""The benchmark runs (a smoke test: its timings are never asserted)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+@pytest.mark.timeout(300)
+def test_benchmark_quick_mode_prints_a_table_and_writes_json(tmp_path):
+  out = tmp_path / "bench.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", "--quick",
+       "--methods=backprop,sal", f"--json={out}"],
+      env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
+      capture_output=True, text=True, timeout=280, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "| sal |" in result.stdout
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["method"] for r in rows] == ["backprop", "sal"]
+  for row in rows:
+    assert row["loop_ms"] > 0 and row["scan_ms"] > 0 and row["sweep_ms"] > 0

@@ -4,10 +4,14 @@ r"""Throughput of one epoch of the reference MLP (784-200-200-200-10, batch 256)
 
 Rows: backprop by ``jax.grad`` + the reference optax chain (the yardstick),
 and the circuit's sgd, fa, kp and sal (downstream width ratio 1, √5, √8), each
-run three ways: a Python loop over a jitted step, one scanned epoch, and a
-vmapped sweep of 16 models. Times are medians over repeats after a warm-up.
-A benchmark, not a test: timings on shared machines are noisy, so compare
-ratios within one run.
+run four ways: a Python loop over the jitted step fed from host memory by
+``datasets.iterate`` (the usual per-step loop), the same loop fed batches
+already on the device (dispatch cost only), one scanned epoch, and a vmapped
+sweep of 16 models. Times are medians over repeats after a warm-up. "ops/step"
+counts the top-level operations of the compiled step (fusions, matrix-product
+library calls, copies): on a GPU each is a kernel launch, which is what a step
+of this small MLP costs. A benchmark, not a test: timings on shared machines
+are noisy, so compare ratios within one run.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import functools
 import json
 import math
 import platform
+import re
 import statistics
 import time
 
@@ -37,6 +42,10 @@ _DATA_DIR = flags.DEFINE_string(
     "when absent.")
 _SWEEP = flags.DEFINE_integer("sweep", 16, "Models in the vmapped sweep.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per mode (median).")
+_UNROLL = flags.DEFINE_integer("unroll", 1, "Steps per iteration of the "
+                               "scanned loop (lax.scan's unroll).")
+_FLATTEN = flags.DEFINE_bool("flatten", False, "Run the optimizer on one "
+                             "flattened vector (optim.reference's flatten).")
 _METHODS = flags.DEFINE_list(
     "methods", None, "Rows to run (default all): backprop, sgd, fa, kp, sal, "
     "sal_sqrt5, sal_sqrt8.")
@@ -70,9 +79,23 @@ def _step_fn(name, circuit, optimizer):
   return functools.partial(train.train_step, circuit, optimizer)
 
 
-def _epoch_fn(name, circuit, optimizer):
+def _epoch_fn(name, circuit, optimizer, unroll):
   """A scanned epoch built on the row's own step function."""
-  return loop.scan_epoch(_step_fn(name, circuit, optimizer), BATCH)
+  return loop.scan_epoch(_step_fn(name, circuit, optimizer), BATCH,
+                         unroll=unroll)
+
+
+_NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "constant",
+                "bitcast"}
+
+
+def ops_per_step(jitted_step, *args) -> int:
+  """Top-level operations of the compiled step, the kernels it launches."""
+  text = jitted_step.lower(*args).compile().as_text()
+  entry = text[text.index("\nENTRY"):]
+  ops = re.findall(r"^\s*(?:ROOT )?%\S+ = .*?\s([a-z][\w-]*)\(", entry,
+                   flags=re.MULTILINE)
+  return sum(op not in _NOT_KERNELS for op in ops)
 
 
 def _median_time(fn, repeats):
@@ -90,22 +113,32 @@ def _peak_memory():
   return stats.get("peak_bytes_in_use")
 
 
-def bench_row(name, circuit, images, labels, repeats, sweep):
-  optimizer = sj.reference_optimizer(circuit)
+def bench_row(name, circuit, host_data, repeats, sweep, unroll, flatten):
+  optimizer = sj.reference_optimizer(circuit, flatten=flatten)
+  host_images, host_labels = host_data
+  images, labels = jax.device_put(host_images), jax.device_put(host_labels)
   n = images.shape[0]
   steps = n // BATCH
   key = jax.random.key(0)
   idx = np.asarray(datasets.epoch_indices(key, n, BATCH))
   batches = [datasets.preprocess(images[i], labels[i]) for i in idx]
   step = jax.jit(_step_fn(name, circuit, optimizer), donate_argnums=0)
-  epoch = jax.jit(_epoch_fn(name, circuit, optimizer), donate_argnums=0)
-  sweep_epoch = jax.jit(jax.vmap(_epoch_fn(name, circuit, optimizer),
+  epoch = jax.jit(_epoch_fn(name, circuit, optimizer, unroll),
+                  donate_argnums=0)
+  sweep_epoch = jax.jit(jax.vmap(_epoch_fn(name, circuit, optimizer, unroll),
                                  in_axes=(0, 0, None, None)),
                         donate_argnums=0)
   holder = {"state": sj.init_state(key, circuit, optimizer),
             "states": loop.init_sweep(jax.random.split(key, sweep), circuit,
                                       optimizer)}
   sweep_keys = jax.random.split(key, sweep)
+  ops = ops_per_step(step, holder["state"], batches[0])
+
+  def run_host_loop():
+    state = holder["state"]
+    for b in datasets.iterate(host_images, host_labels, BATCH, key):
+      state, _ = step(state, b)
+    holder["state"] = jax.block_until_ready(state)
 
   def run_loop():
     state = holder["state"]
@@ -121,15 +154,19 @@ def bench_row(name, circuit, images, labels, repeats, sweep):
     holder["states"] = jax.block_until_ready(
         sweep_epoch(holder["states"], sweep_keys, images, labels)[0])
 
+  t_host_loop = _median_time(run_host_loop, repeats)
   t_loop = _median_time(run_loop, repeats)
   t_scan = _median_time(run_scan, repeats)
   t_sweep = _median_time(run_sweep, repeats)
   examples = steps * BATCH
-  return {"method": name, "steps": steps,
+  return {"method": name, "steps": steps, "ops_per_step": ops,
+          "unroll": unroll, "flatten": flatten,
+          "host_loop_ms": 1e3 * t_host_loop,
           "loop_ms": 1e3 * t_loop, "scan_ms": 1e3 * t_scan,
           "sweep_ms": 1e3 * t_sweep, "sweep_size": sweep,
           "scan_examples_per_s": examples / t_scan,
           "sweep_examples_per_s": sweep * examples / t_sweep,
+          "host_loop_over_scan": t_host_loop / t_scan,
           "loop_over_scan": t_loop / t_scan,
           "sweep_gain": sweep * t_scan / t_sweep,
           "peak_bytes": _peak_memory()}
@@ -152,31 +189,34 @@ def main(argv):
     data = "random data of MNIST's shape"
   if quick:
     images, labels = images[:8 * BATCH], labels[:8 * BATCH]
-  images, labels = jax.device_put(images), jax.device_put(labels)
   sweep = 2 if quick else _SWEEP.value
   repeats = 1 if quick else _REPEATS.value
   device = jax.local_devices()[0]
   print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}, "
-        f"{platform.node()}; {data}, {images.shape[0] // BATCH} steps/epoch")
+        f"{platform.node()}; {data}, {images.shape[0] // BATCH} steps/epoch, "
+        f"unroll {_UNROLL.value}, flatten {_FLATTEN.value}")
   names = _METHODS.value or list(CIRCUITS)
   unknown = sorted(set(names) - set(CIRCUITS))
   if unknown:
     raise app.UsageError(f"unknown --methods {unknown}; expected {list(CIRCUITS)}")
   rows = []
-  header = ("| method | loop ms/epoch | scan ms/epoch | sweep of "
-            f"{sweep} ms/epoch | scan ex/s | loop/scan | sweep gain "
-            "| scan vs backprop | peak MiB |")
+  header = ("| method | ops/step | host loop ms | device loop ms | scan ms | "
+            f"sweep of {sweep} ms | scan ex/s | host loop/scan | "
+            "device loop/scan | sweep gain | scan vs backprop | peak MiB |")
   print(header)
-  print("|" + "---|" * 9)
+  print("|" + "---|" * 12)
   for name in names:
-    row = bench_row(name, CIRCUITS[name], images, labels, repeats, sweep)
+    row = bench_row(name, CIRCUITS[name], (images, labels), repeats, sweep,
+                    _UNROLL.value, _FLATTEN.value)
     reference = [r["scan_ms"] for r in rows if r["method"] == "backprop"]
     row["scan_vs_backprop"] = (row["scan_ms"] / reference[0] if reference
                                else None)
     rows.append(row)
     peak = (f"{row['peak_bytes'] / 2**20:.0f}" if row["peak_bytes"] else "")
-    print(f"| {name} | {row['loop_ms']:.1f} | {row['scan_ms']:.1f} | "
+    print(f"| {name} | {row['ops_per_step']} | {row['host_loop_ms']:.1f} | "
+          f"{row['loop_ms']:.1f} | {row['scan_ms']:.1f} | "
           f"{row['sweep_ms']:.1f} | {row['scan_examples_per_s']:.0f} | "
+          f"{_ratio(row['host_loop_over_scan'])} | "
           f"{_ratio(row['loop_over_scan'])} | {_ratio(row['sweep_gain'])} | "
           f"{_ratio(row['scan_vs_backprop'])} | {peak} |", flush=True)
   if _JSON.value:

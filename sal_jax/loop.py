@@ -26,7 +26,7 @@ Circuit = circuit_lib.Circuit
 
 
 def scan_epoch(step: Callable, batch_size: int, *,
-               batch_sharding=None) -> Callable:
+               batch_sharding=None, unroll: int = 1) -> Callable:
   """Returns ``epoch(state, key, images, labels) -> (state, metrics)``.
 
   Runs ``step(state, batch) -> (state, metrics)`` over one shuffled epoch as a
@@ -40,6 +40,9 @@ def scan_epoch(step: Callable, batch_size: int, *,
     batch_size: examples per step; the last partial batch is dropped.
     batch_sharding: optional sharding each batch is constrained to (data
       parallelism, see ``parallel``).
+    unroll: steps per iteration of the compiled loop (``lax.scan``'s
+      ``unroll``); more means fewer loop-control round trips on a GPU and a
+      longer compile.
   """
 
   def epoch(state, key: Array, images: Array, labels: Array):
@@ -51,18 +54,19 @@ def scan_epoch(step: Callable, batch_size: int, *,
         batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
       return step(state, batch)
 
-    return jax.lax.scan(body, state, idx)
+    return jax.lax.scan(body, state, idx, unroll=unroll)
 
   return epoch
 
 
 def make_epoch(circuit: Circuit, optimizer: optax.GradientTransformation,
                batch_size: int, *, diagnostics: bool = False,
-               batch_sharding=None) -> Callable:
+               batch_sharding=None, unroll: int = 1) -> Callable:
   """``scan_epoch`` of the circuit's ``train_step`` (see there)."""
   step = functools.partial(train.train_step, circuit, optimizer,
                            diagnostics=diagnostics)
-  return scan_epoch(step, batch_size, batch_sharding=batch_sharding)
+  return scan_epoch(step, batch_size, batch_sharding=batch_sharding,
+                    unroll=unroll)
 
 
 def evaluate_arrays(circuit: Circuit, weights: circuit_lib.Weights,
@@ -115,24 +119,27 @@ def init_sweep(keys: Array, circuit: Circuit,
                           {k: jnp.array(v) for k, v in hyperparams.items()})
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=4)
-def _sweep_epoch(circuit, optimizer, batch_size, diagnostics, states, keys,
-                 images, labels):
-  epoch = make_epoch(circuit, optimizer, batch_size, diagnostics=diagnostics)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=5)
+def _sweep_epoch(circuit, optimizer, batch_size, diagnostics, unroll, states,
+                 keys, images, labels):
+  epoch = make_epoch(circuit, optimizer, batch_size, diagnostics=diagnostics,
+                     unroll=unroll)
   return jax.vmap(epoch, in_axes=(0, 0, None, None))(states, keys, images,
                                                      labels)
 
 
 def sweep_epoch(circuit: Circuit, optimizer: optax.GradientTransformation,
                 batch_size: int, states: train.TrainState, keys: Array,
-                images: Array, labels: Array, *, diagnostics: bool = False):
+                images: Array, labels: Array, *, diagnostics: bool = False,
+                unroll: int = 1):
   """One epoch of every member of a sweep, as one compiled program.
 
   ``states`` is donated: use the returned states. A member that diverges
-  (non-finite loss) produces NaNs in its own rows only.
+  (non-finite loss) produces NaNs in its own rows only. ``unroll`` is
+  ``scan_epoch``'s.
   """
-  return _sweep_epoch(circuit, optimizer, batch_size, diagnostics, states,
-                      keys, images, labels)
+  return _sweep_epoch(circuit, optimizer, batch_size, diagnostics, unroll,
+                      states, keys, images, labels)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

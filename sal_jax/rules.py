@@ -8,12 +8,19 @@ Each rule is (postsynaptic signal delivered by the other synapse class) x
     ΔV^k  = [D_d^k h̄^k] (a^k)ᵀ
     ΔV̄^l = [h^{l+1} or a^{l+1}] (D_d^{l+1} h̄^{l+1})ᵀ
 
+The ``*_factors`` functions return each rule's (post_BxM, pre_BxN) pairs;
+``plasticity`` forms all the outer products of a step together, so that
+products of equal shape run as one batched matrix product. A small MLP's step
+is bound by how many kernels it launches, not by its FLOPs.
+
 ``plasticity`` returns G = -ΔM (decay excluded) with the tree structure of the
 weights, so that it can be fed to any optax chain as if it were a gradient;
 the weight decay -γM belongs to the optimizer.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +30,25 @@ from sal_jax import circuit as circuit_lib
 Array = jax.Array
 Circuit = circuit_lib.Circuit
 Weights = circuit_lib.Weights
+Factors = list[tuple[Array, Array]]  # (post_BxM, pre_BxN) per matrix
+
+
+def _batched(fn: Callable[[Array, Array], Array],
+             pairs: Sequence[tuple[Array, Array]]) -> list[Array]:
+  """``[fn(a, b) for a, b in pairs]``, one vmapped call per shape."""
+  groups: dict[tuple, list[int]] = {}
+  for i, (a, b) in enumerate(pairs):
+    groups.setdefault((a.shape, a.dtype, b.shape, b.dtype), []).append(i)
+  results: list[Array | None] = [None] * len(pairs)
+  for members in groups.values():
+    if len(members) == 1:
+      results[members[0]] = fn(*pairs[members[0]])
+      continue
+    stacked = jax.vmap(fn)(jnp.stack([pairs[i][0] for i in members]),
+                           jnp.stack([pairs[i][1] for i in members]))
+    for j, i in enumerate(members):
+      results[i] = stacked[j]
+  return results
 
 
 def _outer_mean(post_BxM: Array, pre_BxN: Array) -> Array:
@@ -30,60 +56,71 @@ def _outer_mean(post_BxM: Array, pre_BxN: Array) -> Array:
   return post_BxM.T @ pre_BxN / post_BxM.shape[0]
 
 
-def delta_w(weights: Weights, up: circuit_lib.Upstream,
-            down: circuit_lib.Downstream) -> tuple[Array, ...]:
+def outer_means(pairs: Sequence[tuple[Array, Array]]) -> list[Array]:
+  """Batch means of post ⊗ pre for every pair, batched by shape.
+
+  A product whose transpose has the shape of another is formed transposed
+  (M x N and N x M share one batched product, then the result is flipped).
+  """
+  flip = [post.shape[1] < pre.shape[1] for post, pre in pairs]
+  oriented = [(pre, post) if f else (post, pre)
+              for (post, pre), f in zip(pairs, flip)]
+  return [m.T if f else m
+          for m, f in zip(_batched(_outer_mean, oriented), flip)]
+
+
+def _matmuls_t(pairs: Sequence[tuple[Array, Array]]) -> list[Array]:
+  """``x_BxN @ m_MxNᵀ`` for every (x, m) pair, batched by shape."""
+  return _batched(lambda x, m: x @ m.T, pairs)
+
+
+def w_factors(weights: Weights, up: circuit_lib.Upstream,
+              down: circuit_lib.Downstream) -> Factors:
   """ΔW^l: the signal V̄^l sends onto upstream neuron l+1, times a^l."""
-  deltas = []
   num_layers = len(weights.w)
-  for l in range(num_layers):
-    signal = down.b_bar[l]  # D_d^{l+1} h̄^{l+1}
-    if l < num_layers - 1:
-      if weights.v_bar:
-        signal = signal @ weights.v_bar[l].T
-      signal = signal * (up.h[l] > 0)  # D_u^{l+1}
-    deltas.append(_outer_mean(signal, up.a[l]))
-  return tuple(deltas)
+  signals = list(down.b_bar)  # D_d^{l+1} h̄^{l+1}
+  if weights.v_bar:
+    signals[:-1] = _matmuls_t(list(zip(signals[:-1], weights.v_bar)))
+  for l in range(num_layers - 1):
+    signals[l] = signals[l] * (up.h[l] > 0)  # D_u^{l+1}
+  return list(zip(signals, up.a))
 
 
-def delta_w_bar(weights: Weights, up: circuit_lib.Upstream,
-                down: circuit_lib.Downstream) -> tuple[Array, ...]:
+def w_bar_factors(weights: Weights, up: circuit_lib.Upstream,
+                  down: circuit_lib.Downstream) -> Factors:
   """ΔW̄^k: the signal V^k sends onto downstream neuron k, times D_d h̄^{k+1}."""
-  deltas = []
-  for i in range(len(weights.w_bar)):
-    signal = up.a[i + 1]
-    if weights.v:
-      signal = signal @ weights.v[i].T
-    deltas.append(_outer_mean(down.gate[i] * signal, down.b_bar[i + 1]))
-  return tuple(deltas)
+  signals = list(up.a[1:])
+  if weights.v:
+    signals = _matmuls_t(list(zip(signals, weights.v)))
+  return [(down.gate[i] * signals[i], down.b_bar[i + 1])
+          for i in range(len(weights.w_bar))]
 
 
-def delta_w_bar_mirror(key: Array, weights: Weights, batch_size: int,
-                       noise_std: float) -> tuple[Array, ...]:
+def w_bar_mirror_factors(key: Array, weights: Weights, batch_size: int,
+                         noise_std: float) -> Factors:
   """Weight mirroring: ΔW̄^k = ξ (W^k ξ)ᵀ with ξ ~ N(0, σ²), batch-averaged."""
-  deltas = []
+  factors = []
   keys = jax.random.split(key, max(1, len(weights.w_bar)))
   for i in range(len(weights.w_bar)):
     w_k = weights.w[i + 1]
     xi = noise_std * jax.random.normal(keys[i], (batch_size, w_k.shape[1]),
                                        w_k.dtype)
-    deltas.append(_outer_mean(xi, xi @ w_k.T))
-  return tuple(deltas)
+    factors.append((xi, xi @ w_k.T))
+  return factors
 
 
-def delta_v(weights: Weights, up: circuit_lib.Upstream,
-            down: circuit_lib.Downstream) -> tuple[Array, ...]:
+def v_factors(weights: Weights, up: circuit_lib.Upstream,
+              down: circuit_lib.Downstream) -> Factors:
   """ΔV^k = [D_d^k h̄^k] (a^k)ᵀ."""
-  return tuple(_outer_mean(down.b_bar[i], up.a[i + 1])
-               for i in range(len(weights.v)))
+  return [(down.b_bar[i], up.a[i + 1]) for i in range(len(weights.v))]
 
 
-def delta_v_bar(weights: Weights, up: circuit_lib.Upstream,
-                down: circuit_lib.Downstream,
-                signal: str = "preactivation") -> tuple[Array, ...]:
+def v_bar_factors(weights: Weights, up: circuit_lib.Upstream,
+                  down: circuit_lib.Downstream,
+                  signal: str = "preactivation") -> Factors:
   """ΔV̄^{k-1} = [h^k or a^k] (D_d^k h̄^k)ᵀ."""
   post = up.h if signal == "preactivation" else up.a[1:]
-  return tuple(_outer_mean(post[i], down.b_bar[i])
-               for i in range(len(weights.v_bar)))
+  return [(post[i], down.b_bar[i]) for i in range(len(weights.v_bar))]
 
 
 def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
@@ -102,20 +139,21 @@ def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
     Updates with the tree structure of ``weights``, signed like gradients.
   """
   plastic = circuit.plastic_families
-  neg = lambda deltas: tuple(-d for d in deltas)
-  zeros = lambda family: tuple(jnp.zeros_like(m) for m in family)
-
-  g_w = neg(delta_w(weights, up, down))
-  if "w_bar" not in plastic:
-    g_w_bar = zeros(weights.w_bar)
-  elif circuit.spec.w_bar_rule == "mirror":
+  factors = {"w": w_factors(weights, up, down)}
+  if "w_bar" in plastic and circuit.spec.w_bar_rule == "mirror":
     if key is None:
       raise ValueError("weight mirroring needs a PRNG key for its noise")
-    g_w_bar = neg(delta_w_bar_mirror(key, weights, up.a[0].shape[0],
-                                     circuit.mirror_noise_std))
-  else:
-    g_w_bar = neg(delta_w_bar(weights, up, down))
-  g_v = neg(delta_v(weights, up, down)) if "v" in plastic else zeros(weights.v)
-  g_v_bar = (neg(delta_v_bar(weights, up, down, circuit.v_bar_signal))
-             if "v_bar" in plastic else zeros(weights.v_bar))
-  return Weights(w=g_w, w_bar=g_w_bar, v=g_v, v_bar=g_v_bar)
+    factors["w_bar"] = w_bar_mirror_factors(
+        key, weights, up.a[0].shape[0], circuit.mirror_noise_std)
+  elif "w_bar" in plastic:
+    factors["w_bar"] = w_bar_factors(weights, up, down)
+  if "v" in plastic:
+    factors["v"] = v_factors(weights, up, down)
+  if "v_bar" in plastic:
+    factors["v_bar"] = v_bar_factors(weights, up, down, circuit.v_bar_signal)
+
+  deltas = iter(outer_means([p for name in factors for p in factors[name]]))
+  return Weights(*(
+      tuple(-next(deltas) for _ in family) if name in factors
+      else tuple(jnp.zeros_like(m) for m in family)
+      for name, family in zip(circuit_lib.FAMILIES, weights)))

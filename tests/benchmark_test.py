@@ -24,4 +24,6 @@ def test_benchmark_quick_mode_prints_a_table_and_writes_json(tmp_path):
   rows = json.loads(out.read_text())["rows"]
   assert [r["method"] for r in rows] == ["backprop", "sal"]
   for row in rows:
-    assert row["loop_ms"] > 0 and row["scan_ms"] > 0 and row["sweep_ms"] > 0
+    assert row["ops_per_step"] > 0
+    for mode in ("host_loop", "loop", "scan", "sweep"):
+      assert row[f"{mode}_ms"] > 0

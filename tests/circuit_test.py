@@ -184,3 +184,23 @@ def test_multi_label_targets_must_be_multi_hot():
     step(state, (x, np.zeros(3, np.int32)))
   with pytest.raises(ValueError, match="must be 0 or 1"):
     step(state, (x, np.full((3, 4), 0.5, np.float32)))
+
+
+def _matrix_products(fn, *args) -> int:
+  """How many dot_general operations the traced ``fn`` performs."""
+  jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+  return sum(eqn.primitive.name == "dot_general" for eqn in jaxpr.eqns)
+
+
+@pytest.mark.parametrize("ratio, expected", [(1.0, 12), (2.0, 15)])
+def test_sal_step_batches_its_outer_products_by_shape(rng, ratio, expected):
+  # 4 forward + 3 feedback products, the 6 relays through V and V̄ as 2 batched
+  # products, and the 13 outer products as 3 (ratio 1: the 200x784 one, the
+  # ten square ones, and ΔW^3 with ΔW̄^3ᵀ) or 6 batched products. Unbatched,
+  # a step would perform 26 (a GPU step of this MLP is bound by kernel count).
+  circuit = sj.Circuit(widths=(12, 8, 8, 8, 3), ratio=ratio, method="sal")
+  opt = sj.reference_optimizer(circuit)
+  state = sj.init_state(jax.random.key(0), circuit, opt)
+  batch = random_batch(rng, 5, 12, 3)
+  step = lambda s, b: train.train_step(circuit, opt, s, b)
+  assert _matrix_products(step, state, batch) == expected

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import sal_jax as sj
@@ -28,13 +29,14 @@ def test_multi_label_accuracy_is_mean_per_label_accuracy():
   np.testing.assert_allclose(loss.correct(logits, targets), [0.5])
 
 
-def test_reference_chain_is_multiplier_clip_decay_then_momentum_sgd():
+@pytest.mark.parametrize("flatten", [False, True])
+def test_reference_chain_is_multiplier_clip_decay_then_momentum_sgd(flatten):
   circuit = sj.Circuit(widths=(3, 4, 2), method="sal")
   lr, mom, wd, clip = 0.1, 0.9, 0.01, 0.5
   mult = (1.0, 0.2, 1.0, 4.0)
   opt = sj.reference_optimizer(circuit, learning_rate=lr, momentum=mom,
                                weight_decay=wd, clip_norm=clip,
-                               multipliers=mult)
+                               multipliers=mult, flatten=flatten)
   params = sj.init_weights(jax.random.key(0), circuit)
   grads = jax.tree.map(jnp.ones_like, params)
   state = opt.init(params)
@@ -53,9 +55,11 @@ def test_reference_chain_is_multiplier_clip_decay_then_momentum_sgd():
   chex.assert_trees_all_close(params, p_ref, rtol=1e-5, atol=1e-7)
 
 
-def test_frozen_families_get_neither_updates_nor_weight_decay(rng):
+@pytest.mark.parametrize("flatten", [False, True])
+def test_frozen_families_get_neither_updates_nor_weight_decay(rng, flatten):
   circuit = sj.Circuit(widths=(6, 8, 9, 4), method="sal", plastic=("v",))
-  opt = sj.reference_optimizer(circuit, learning_rate=0.1, weight_decay=0.5)
+  opt = sj.reference_optimizer(circuit, learning_rate=0.1, weight_decay=0.5,
+                               flatten=flatten)
   state = sj.init_state(jax.random.key(0), circuit, opt)
   before = jax.tree.map(np.array, state.weights)
   step = sj.make_step(circuit, opt)
@@ -77,7 +81,6 @@ def test_learning_rate_lives_in_the_optimizer_state_and_can_be_changed(rng):
 
 
 def test_any_optax_transformation_can_replace_the_reference_chain(rng):
-  import optax  # pylint: disable=g-import-not-at-top
   circuit = sj.Circuit(widths=(6, 8, 4), method="sal")
   opt = optax.adam(1e-3)
   state = sj.init_state(jax.random.key(0), circuit, opt)
@@ -115,3 +118,4 @@ def test_gradient_cosine_is_one_for_backprop_and_not_for_random_feedback(rng):
     cos = np.asarray(metrics["grad_cosine"])
     np.testing.assert_allclose(cos[-1], 1.0, rtol=1e-5)  # output layer: exact
     assert np.allclose(cos, 1.0, atol=1e-5) == expect_one, cos
+

@@ -9,6 +9,7 @@ import pytest
 
 import sal_jax as sj
 from sal_jax import diagnostics
+from sal_jax import optim
 from tests.conftest import random_batch
 
 
@@ -119,3 +120,14 @@ def test_gradient_cosine_is_one_for_backprop_and_not_for_random_feedback(rng):
     np.testing.assert_allclose(cos[-1], 1.0, rtol=1e-5)  # output layer: exact
     assert np.allclose(cos, 1.0, atol=1e-5) == expect_one, cos
 
+
+def test_one_reduction_clip_equals_optax_clip_by_global_norm(rng):
+  circuit = sj.Circuit(widths=(6, 8, 9, 4), method="sal")
+  updates = jax.tree.map(
+      lambda m: jnp.asarray(rng.standard_normal(m.shape), jnp.float32),
+      sj.init_weights(jax.random.key(0), circuit))
+  norm = float(optax.tree.norm(updates))
+  for max_norm in (0.5 * norm, 2.0 * norm):  # clipped, then untouched
+    ours, _ = optim.clip_by_global_norm(max_norm).update(updates, None)
+    theirs, _ = optax.clip_by_global_norm(max_norm).update(updates, None)
+    chex.assert_trees_all_close(ours, theirs, rtol=1e-6)

@@ -10,7 +10,7 @@ already on the device (dispatch cost only), one scanned epoch, and a vmapped
 sweep of 16 models. Times are medians over repeats after a warm-up. "ops/step"
 counts the top-level operations of the compiled step (fusions, matrix-product
 library calls, copies): on a GPU each is a kernel launch, which is what a step
-of this small MLP costs. A benchmark, not a test: timings on shared machines
+of this small MLP costs; ``--list_ops`` prints them. A benchmark, not a test: timings on shared machines
 are noisy, so compare ratios within one run.
 """
 
@@ -27,6 +27,7 @@ import time
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import sal_jax as sj
@@ -46,6 +47,9 @@ _UNROLL = flags.DEFINE_integer("unroll", 1, "Steps per iteration of the "
                                "scanned loop (lax.scan's unroll).")
 _FLATTEN = flags.DEFINE_bool("flatten", False, "Run the optimizer on one "
                              "flattened vector (optim.reference's flatten).")
+_LIST_OPS = flags.DEFINE_bool(
+    "list_ops", False, "Print each row's compiled step, one line per "
+    "top-level operation, instead of timing it.")
 _METHODS = flags.DEFINE_list(
     "methods", None, "Rows to run (default all): backprop, sgd, fa, kp, sal, "
     "sal_sqrt5, sal_sqrt8.")
@@ -89,13 +93,31 @@ _NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "constant",
                 "bitcast"}
 
 
-def ops_per_step(jitted_step, *args) -> int:
-  """Top-level operations of the compiled step, the kernels it launches."""
+def step_ops(jitted_step, *args) -> list[str]:
+  """The compiled step's top-level operations (its kernel launches on a GPU).
+
+  One line each: opcode, result shape and the JAX operation it came from.
+  """
   text = jitted_step.lower(*args).compile().as_text()
   entry = text[text.index("\nENTRY"):]
-  ops = re.findall(r"^\s*(?:ROOT )?%\S+ = .*?\s([a-z][\w-]*)\(", entry,
-                   flags=re.MULTILINE)
-  return sum(op not in _NOT_KERNELS for op in ops)
+  ops = []
+  for match in re.finditer(r"^\s*(?:ROOT )?%\S+ = (.*?)\s([a-z][\w-]*)\((.*)$",
+                           entry, flags=re.MULTILINE):
+    shape, opcode, rest = match.groups()
+    if opcode in _NOT_KERNELS:
+      continue
+    source = re.search(r'op_name="([^"]*)"', rest)
+    ops.append(f"{opcode:12s} {shape[:48]:48s} {source[1] if source else ''}")
+  return ops
+
+
+def list_ops(name, circuit, flatten):
+  """``step_ops`` of one row's step on a batch of zeros."""
+  optimizer = sj.reference_optimizer(circuit, flatten=flatten)
+  state = sj.init_state(jax.random.key(0), circuit, optimizer)
+  batch = (jnp.zeros((BATCH, WIDTHS[0])), jnp.zeros((BATCH,), jnp.int32))
+  step = jax.jit(_step_fn(name, circuit, optimizer), donate_argnums=0)
+  return step_ops(step, state, batch)
 
 
 def _median_time(fn, repeats):
@@ -132,7 +154,7 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll, flatten):
             "states": loop.init_sweep(jax.random.split(key, sweep), circuit,
                                       optimizer)}
   sweep_keys = jax.random.split(key, sweep)
-  ops = ops_per_step(step, holder["state"], batches[0])
+  ops = len(step_ops(step, holder["state"], batches[0]))
 
   def run_host_loop():
     state = holder["state"]
@@ -178,6 +200,16 @@ def _ratio(value):
 
 def main(argv):
   del argv
+  names = _METHODS.value or list(CIRCUITS)
+  unknown = sorted(set(names) - set(CIRCUITS))
+  if unknown:
+    raise app.UsageError(f"unknown --methods {unknown}; expected {list(CIRCUITS)}")
+  if _LIST_OPS.value:
+    for name in names:
+      ops = list_ops(name, CIRCUITS[name], _FLATTEN.value)
+      print(f"## {name}: {len(ops)} operations per step")
+      print("\n".join(ops))
+    return
   quick = _QUICK.value
   try:
     ds = datasets.load("mnist", _DATA_DIR.value, source="local")
@@ -195,10 +227,6 @@ def main(argv):
   print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}, "
         f"{platform.node()}; {data}, {images.shape[0] // BATCH} steps/epoch, "
         f"unroll {_UNROLL.value}, flatten {_FLATTEN.value}")
-  names = _METHODS.value or list(CIRCUITS)
-  unknown = sorted(set(names) - set(CIRCUITS))
-  if unknown:
-    raise app.UsageError(f"unknown --methods {unknown}; expected {list(CIRCUITS)}")
   rows = []
   header = ("| method | ops/step | host loop ms | device loop ms | scan ms | "
             f"sweep of {sweep} ms | scan ex/s | host loop/scan | "

@@ -9,9 +9,11 @@ Each rule is (postsynaptic signal delivered by the other synapse class) x
     ΔV̄^l = [h^{l+1} or a^{l+1}] (D_d^{l+1} h̄^{l+1})ᵀ
 
 The ``*_factors`` functions return each rule's (post_BxM, pre_BxN) pairs;
-``plasticity`` forms all the outer products of a step together, so that
-products of equal shape run as one batched matrix product. A small MLP's step
-is bound by how many kernels it launches, not by its FLOPs.
+``plasticity`` forms all the outer products of a step together. On an
+accelerator, products of equal shape run as one batched matrix product: a
+small MLP's step there is bound by how many kernels it launches, not by its
+FLOPs. XLA:CPU runs the batched form slower (measured: RESULTS.md), so on CPU
+every matrix gets its own product.
 
 ``plasticity`` returns G = -ΔM (decay excluded) with the tree structure of the
 weights, so that it can be fed to any optax chain as if it were a gradient;
@@ -33,9 +35,17 @@ Weights = circuit_lib.Weights
 Factors = list[tuple[Array, Array]]  # (post_BxM, pre_BxN) per matrix
 
 
+def batch_by_default() -> bool:
+  """Whether ``plasticity`` batches its products: off on XLA:CPU only."""
+  return jax.default_backend() != "cpu"
+
+
 def _batched(fn: Callable[[Array, Array], Array],
-             pairs: Sequence[tuple[Array, Array]]) -> list[Array]:
-  """``[fn(a, b) for a, b in pairs]``, one vmapped call per shape."""
+             pairs: Sequence[tuple[Array, Array]],
+             batched: bool) -> list[Array]:
+  """``[fn(a, b) for a, b in pairs]``; if batched, one vmapped call per shape."""
+  if not batched:
+    return [fn(a, b) for a, b in pairs]
   groups: dict[tuple, list[int]] = {}
   for i, (a, b) in enumerate(pairs):
     groups.setdefault((a.shape, a.dtype, b.shape, b.dtype), []).append(i)
@@ -56,42 +66,44 @@ def _outer_mean(post_BxM: Array, pre_BxN: Array) -> Array:
   return post_BxM.T @ pre_BxN / post_BxM.shape[0]
 
 
-def outer_means(pairs: Sequence[tuple[Array, Array]]) -> list[Array]:
-  """Batch means of post ⊗ pre for every pair, batched by shape.
+def outer_means(pairs: Sequence[tuple[Array, Array]],
+                batched: bool = True) -> list[Array]:
+  """Batch means of post ⊗ pre for every pair, batched by shape if asked.
 
-  A product whose transpose has the shape of another is formed transposed
-  (M x N and N x M share one batched product, then the result is flipped).
+  When batched, a product whose transpose has the shape of another is formed
+  transposed (M x N and N x M share one batched product, then it is flipped).
   """
-  flip = [post.shape[1] < pre.shape[1] for post, pre in pairs]
+  flip = [batched and post.shape[1] < pre.shape[1] for post, pre in pairs]
   oriented = [(pre, post) if f else (post, pre)
               for (post, pre), f in zip(pairs, flip)]
   return [m.T if f else m
-          for m, f in zip(_batched(_outer_mean, oriented), flip)]
+          for m, f in zip(_batched(_outer_mean, oriented, batched), flip)]
 
 
-def _matmuls_t(pairs: Sequence[tuple[Array, Array]]) -> list[Array]:
-  """``x_BxN @ m_MxNᵀ`` for every (x, m) pair, batched by shape."""
-  return _batched(lambda x, m: x @ m.T, pairs)
+def _matmuls_t(pairs: Sequence[tuple[Array, Array]],
+               batched: bool) -> list[Array]:
+  """``x_BxN @ m_MxNᵀ`` for every (x, m) pair."""
+  return _batched(lambda x, m: x @ m.T, pairs, batched)
 
 
 def w_factors(weights: Weights, up: circuit_lib.Upstream,
-              down: circuit_lib.Downstream) -> Factors:
+              down: circuit_lib.Downstream, batched: bool = True) -> Factors:
   """ΔW^l: the signal V̄^l sends onto upstream neuron l+1, times a^l."""
   num_layers = len(weights.w)
   signals = list(down.b_bar)  # D_d^{l+1} h̄^{l+1}
   if weights.v_bar:
-    signals[:-1] = _matmuls_t(list(zip(signals[:-1], weights.v_bar)))
+    signals[:-1] = _matmuls_t(list(zip(signals[:-1], weights.v_bar)), batched)
   for l in range(num_layers - 1):
     signals[l] = signals[l] * (up.h[l] > 0)  # D_u^{l+1}
   return list(zip(signals, up.a))
 
 
 def w_bar_factors(weights: Weights, up: circuit_lib.Upstream,
-                  down: circuit_lib.Downstream) -> Factors:
+                  down: circuit_lib.Downstream, batched: bool = True) -> Factors:
   """ΔW̄^k: the signal V^k sends onto downstream neuron k, times D_d h̄^{k+1}."""
   signals = list(up.a[1:])
   if weights.v:
-    signals = _matmuls_t(list(zip(signals, weights.v)))
+    signals = _matmuls_t(list(zip(signals, weights.v)), batched)
   return [(down.gate[i] * signals[i], down.b_bar[i + 1])
           for i in range(len(weights.w_bar))]
 
@@ -125,7 +137,8 @@ def v_bar_factors(weights: Weights, up: circuit_lib.Upstream,
 
 def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
                down: circuit_lib.Downstream,
-               key: Array | None = None) -> Weights:
+               key: Array | None = None,
+               batched: bool | None = None) -> Weights:
   """G = -ΔM for every family; zeros for families that do not learn.
 
   Args:
@@ -134,25 +147,30 @@ def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
     up: upstream activity from ``circuit.upstream``.
     down: downstream activity from ``circuit.downstream``.
     key: PRNG key, needed by weight mirroring only.
+    batched: form equal-shaped products as one batched product (the same
+      values up to float rounding); None: ``batch_by_default()``.
 
   Returns:
     Updates with the tree structure of ``weights``, signed like gradients.
   """
   plastic = circuit.plastic_families
-  factors = {"w": w_factors(weights, up, down)}
+  if batched is None:
+    batched = batch_by_default()
+  factors = {"w": w_factors(weights, up, down, batched)}
   if "w_bar" in plastic and circuit.spec.w_bar_rule == "mirror":
     if key is None:
       raise ValueError("weight mirroring needs a PRNG key for its noise")
     factors["w_bar"] = w_bar_mirror_factors(
         key, weights, up.a[0].shape[0], circuit.mirror_noise_std)
   elif "w_bar" in plastic:
-    factors["w_bar"] = w_bar_factors(weights, up, down)
+    factors["w_bar"] = w_bar_factors(weights, up, down, batched)
   if "v" in plastic:
     factors["v"] = v_factors(weights, up, down)
   if "v_bar" in plastic:
     factors["v_bar"] = v_bar_factors(weights, up, down, circuit.v_bar_signal)
 
-  deltas = iter(outer_means([p for name in factors for p in factors[name]]))
+  deltas = iter(outer_means([p for name in factors for p in factors[name]],
+                            batched))
   return Weights(*(
       tuple(-next(deltas) for _ in family) if name in factors
       else tuple(jnp.zeros_like(m) for m in family)

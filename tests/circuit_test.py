@@ -186,21 +186,40 @@ def test_multi_label_targets_must_be_multi_hot():
     step(state, (x, np.full((3, 4), 0.5, np.float32)))
 
 
+
 def _matrix_products(fn, *args) -> int:
   """How many dot_general operations the traced ``fn`` performs."""
   jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
   return sum(eqn.primitive.name == "dot_general" for eqn in jaxpr.eqns)
 
 
-@pytest.mark.parametrize("ratio, expected", [(1.0, 12), (2.0, 15)])
-def test_sal_step_batches_its_outer_products_by_shape(rng, ratio, expected):
-  # 4 forward + 3 feedback products, the 6 relays through V and V̄ as 2 batched
-  # products, and the 13 outer products as 3 (ratio 1: the 200x784 one, the
-  # ten square ones, and ΔW^3 with ΔW̄^3ᵀ) or 6 batched products. Unbatched,
-  # a step would perform 26 (a GPU step of this MLP is bound by kernel count).
-  circuit = sj.Circuit(widths=(12, 8, 8, 8, 3), ratio=ratio, method="sal")
-  opt = sj.reference_optimizer(circuit)
-  state = sj.init_state(jax.random.key(0), circuit, opt)
-  batch = random_batch(rng, 5, 12, 3)
-  step = lambda s, b: train.train_step(circuit, opt, s, b)
-  assert _matrix_products(step, state, batch) == expected
+def _rules(rng, method, ratio):
+  """The plasticity of a fresh circuit as a function of (weights, up, down)."""
+  circuit = sj.Circuit(widths=(12, 8, 8, 8, 3), ratio=ratio, method=method)
+  weights = sj.init_weights(jax.random.key(0), circuit)
+  up, down = train.forward_and_feedback(circuit, weights,
+                                        random_batch(rng, 5, 12, 3))
+  key = jax.random.key(1)
+  rules = lambda batched: (lambda w, u, d: sj.plasticity(
+      circuit, w, u, d, key=key, batched=batched))
+  return rules, (weights, up, down)
+
+
+@pytest.mark.parametrize("method, ratio", [("sal", 1.0), ("sal", 2.0),
+                                           ("kp", 1.0), ("wm", 1.0)])
+def test_batched_rules_equal_the_per_matrix_rules(rng, method, ratio):
+  rules, args = _rules(rng, method, ratio)
+  chex.assert_trees_all_close(rules(True)(*args), rules(False)(*args),
+                              rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ratio, batched_products", [(1.0, 5), (2.0, 8)])
+def test_batched_sal_rules_need_a_handful_of_matrix_products(
+    rng, ratio, batched_products):
+  # Per matrix: 6 relays through V, V̄ and 13 outer products. Batched by shape:
+  # the relays as 2 products; the outer products as 3 at ratio 1 (W^0's, the
+  # ten square ones, ΔW^3 with ΔW̄^3ᵀ) or 6 at ratio 2. On a GPU a step of a
+  # small MLP is bound by such kernel counts.
+  rules, args = _rules(rng, "sal", ratio)
+  assert _matrix_products(rules(False), *args) == 19
+  assert _matrix_products(rules(True), *args) == batched_products

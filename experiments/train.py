@@ -169,7 +169,7 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
     start = time.perf_counter()
     states, metrics = loop.sweep_epoch(
         circuit, optimizer, config.batch_size, states, epoch_keys,
-        *data.train, diagnostics=config.diagnostics)
+        *data.train, diagnostics=config.diagnostics, unroll=config.unroll)
     losses = np.asarray(metrics["loss"])  # blocks: the epoch is done
     seconds = time.perf_counter() - start
     evals = {"train": loop.sweep_evaluate(circuit, states.weights,
@@ -301,7 +301,7 @@ def validate_config(config) -> None:
   if config.dataset not in datasets.SPECS:
     raise ValueError(f"unknown dataset {config.dataset!r}; expected one of "
                      f"{sorted(datasets.SPECS)}")
-  for name in ("epochs", "seeds", "batch_size"):
+  for name in ("epochs", "seeds", "batch_size", "unroll"):
     if int(config[name]) <= 0:
       raise ValueError(f"{name} must be positive, got {config[name]}")
   for name in ("learning_rate", "weight_decay", "train_size",

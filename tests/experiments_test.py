@@ -190,6 +190,7 @@ def _cli(workdir, *overrides):
     ("--config.method=backprop", "unknown method 'backprop'"),
     ("--config.dataset=imagenet", "unknown dataset 'imagenet'"),
     ("--config.epochs=0", "epochs must be positive"),
+    ("--config.unroll=0", "unroll must be positive"),
 ])
 def test_bad_setting_exits_nonzero_with_one_line_and_writes_nothing(
     tmp_path, data_dir, override, message):

@@ -23,6 +23,7 @@ def get_config(runlocal: bool | str = False) -> ml_collections.ConfigDict:
   c.v_bar_signal = "preactivation"
   c.loss = ""               # "" = softmax CE, or sigmoid CE if multi-label
   c.batch_size = 256
+  c.unroll = 1              # steps per iteration of the scanned epoch (speed)
   c.epochs = 20
   c.seeds = 5
   c.seed = 0                # first seed; members use seed, seed+1, ...

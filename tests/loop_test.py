@@ -91,3 +91,25 @@ def test_in_jit_evaluation_counts_the_last_partial_batch(rng):
                      datasets.preprocess(images, labels), batch_size=23)
   np.testing.assert_allclose(got["accuracy"], want["accuracy"], rtol=1e-6)
   np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+
+
+def test_speed_knobs_leave_a_sweep_unchanged(rng):
+  # flatten (one vector through clip, decay, momentum) and scan unroll change
+  # how the sweep is compiled, not what it computes.
+  circuit = sj.Circuit(widths=(12, 16, 16, 5), method="sal")
+  images, labels = _data(rng)
+  keys = jax.random.split(jax.random.key(0), 2)
+  epoch_keys = jax.random.split(jax.random.key(1), 2)
+  lrs = jnp.array([0.01, 0.05])
+
+  def run(flatten, unroll):
+    opt = sj.reference_optimizer(circuit, flatten=flatten)
+    states = loop.init_sweep(keys, circuit, opt, learning_rate=lrs)
+    return loop.sweep_epoch(circuit, opt, 8, states, epoch_keys, images,
+                            labels, unroll=unroll)[0].weights
+
+  plain = run(flatten=False, unroll=1)
+  chex.assert_trees_all_close(run(flatten=True, unroll=1), plain, rtol=1e-5,
+                              atol=1e-6)
+  chex.assert_trees_all_close(run(flatten=False, unroll=3), plain, rtol=1e-5,
+                              atol=1e-6)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 
 from sal_jax import circuit as circuit_lib
+from sal_jax import rules
 from sal_jax import train
 
 Array = jax.Array
@@ -21,12 +22,10 @@ def modulated_output(circuit: circuit_lib.Circuit,
                      tau: float | Array) -> Array:
   """The output ŷ after one modulation cycle of strength ``tau``."""
   up, down = train.forward_and_feedback(circuit, weights, batch)
+  signals = rules.upstream_feedback(weights, down, rules.batch_by_default())
   a = up.a[0]
   h = None
-  for l, w_l in enumerate(weights.w):
-    signal = down.b_bar[l]  # D_d^{l+1} h̄^{l+1}; the output error at l = L-1
-    if l < len(weights.w) - 1 and weights.v_bar:
-      signal = signal @ weights.v_bar[l].T
+  for w_l, signal in zip(weights.w, signals):
     h = a @ w_l.T + tau * signal
     a = jax.nn.relu(h)
   return h

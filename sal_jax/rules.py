@@ -86,14 +86,24 @@ def _matmuls_t(pairs: Sequence[tuple[Array, Array]],
   return _batched(lambda x, m: x @ m.T, pairs, batched)
 
 
-def w_factors(weights: Weights, up: circuit_lib.Upstream,
-              down: circuit_lib.Downstream, batched: bool = True) -> Factors:
-  """ΔW^l: the signal V̄^l sends onto upstream neuron l+1, times a^l."""
-  num_layers = len(weights.w)
+def upstream_feedback(weights: Weights, down: circuit_lib.Downstream,
+                      batched: bool = True) -> list[Array]:
+  """V̄^l D_d^{l+1} h̄^{l+1}: what V̄ delivers to upstream level l+1.
+
+  The output level gets the error itself (V̄^{L-1} = I), and so does every
+  level of a method without V̄.
+  """
   signals = list(down.b_bar)  # D_d^{l+1} h̄^{l+1}
   if weights.v_bar:
     signals[:-1] = _matmuls_t(list(zip(signals[:-1], weights.v_bar)), batched)
-  for l in range(num_layers - 1):
+  return signals
+
+
+def w_factors(weights: Weights, up: circuit_lib.Upstream,
+              down: circuit_lib.Downstream, batched: bool = True) -> Factors:
+  """ΔW^l: the signal V̄^l sends onto upstream neuron l+1, times a^l."""
+  signals = upstream_feedback(weights, down, batched)
+  for l in range(len(weights.w) - 1):
     signals[l] = signals[l] * (up.h[l] > 0)  # D_u^{l+1}
   return list(zip(signals, up.a))
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import sal_jax as sj
+from sal_jax import modulation
 from sal_jax import train
 from tests.conftest import random_batch
 
@@ -118,3 +119,26 @@ def test_lemma1_gap_in_default_variant_gets_the_negative_part_term(rng):
     state, _ = step(state, batch)
     for e, g in zip(expected, _gap(state.weights)):
       np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
+
+
+def test_modulation_adds_tau_times_the_v_bar_signal_to_each_potential(rng):
+  # Sec. 2.3: h^{l+1} <- W^l a^l + τ V̄^l D_d h̄^{l+1}, recomputed upward; the
+  # output level gets τ times the error. τ = 0 is the plain forward pass.
+  circuit = sj.Circuit(widths=(6, 8, 9, 4), method="sal")
+  weights = sj.init_weights(jax.random.key(0), circuit)
+  batch = random_batch(rng, 5, 6, 4)
+  tau = 0.3
+  up, down = train.forward_and_feedback(circuit, weights, batch)
+  a = up.a[0]
+  for l, w_l in enumerate(weights.w):
+    signal = down.b_bar[l]
+    if l < len(weights.w) - 1:
+      signal = signal @ weights.v_bar[l].T
+    h = a @ w_l.T + tau * signal
+    a = jax.nn.relu(h)
+  chex.assert_trees_all_close(
+      modulation.modulated_output(circuit, weights, batch, tau), h,
+      rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(
+      modulation.modulated_output(circuit, weights, batch, 0.0), up.output,
+      rtol=1e-6, atol=1e-7)

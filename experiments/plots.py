@@ -20,6 +20,17 @@ def save(fig, path: pathlib.Path) -> None:
   os.replace(tmp, path)
 
 
+def _finish(fig, ax, xlabel, ylabel, title, path, legend=True) -> None:
+  """Labels, title, grid (and legend) of a line plot, then ``save``."""
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  if legend:
+    ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  save(fig, path)
+
+
 def curves(series: dict[str, np.ndarray], ylabel: str, title: str,
            path: pathlib.Path) -> None:
   """Mean ± std over seeds against epoch; ``series[label]`` is [seeds, epochs]."""
@@ -32,12 +43,7 @@ def curves(series: dict[str, np.ndarray], ylabel: str, title: str,
     mean, std = values.mean(0), values.std(0)
     ax.plot(epochs, mean, label=label)
     ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
-  ax.set_xlabel("epoch")
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.legend(fontsize=7)
-  ax.grid(alpha=0.3)
-  save(fig, path)
+  _finish(fig, ax, "epoch", ylabel, title, path)
 
 
 def band(x, mean, std, xlabel, ylabel, title, path, logx=False) -> None:
@@ -48,11 +54,7 @@ def band(x, mean, std, xlabel, ylabel, title, path, logx=False) -> None:
   ax.fill_between(x, mean - std, mean + std, alpha=0.25)
   if logx:
     ax.set_xscale("log")
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  save(fig, path)
+  _finish(fig, ax, xlabel, ylabel, title, path, legend=False)
 
 
 def bars(labels, mean, std, ylabel, title, path) -> None:
@@ -104,9 +106,4 @@ def lines(x, series: dict[str, np.ndarray], xlabel, ylabel, title, path,
     ax.plot(x, y, "o-", label=label, ms=3)
   if logx:
     ax.set_xscale("symlog", linthresh=min(v for v in x if v > 0))
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.legend(fontsize=7)
-  ax.grid(alpha=0.3)
-  save(fig, path)
+  _finish(fig, ax, xlabel, ylabel, title, path)

@@ -83,6 +83,11 @@ def _step_fn(name, circuit, optimizer):
   return functools.partial(train.train_step, circuit, optimizer)
 
 
+def _jit_step(name, circuit, optimizer):
+  """The row's step function, jitted with the state donated."""
+  return jax.jit(_step_fn(name, circuit, optimizer), donate_argnums=0)
+
+
 def _epoch_fn(name, circuit, optimizer, unroll):
   """A scanned epoch built on the row's own step function."""
   return loop.scan_epoch(_step_fn(name, circuit, optimizer), BATCH,
@@ -116,8 +121,7 @@ def list_ops(name, circuit, flatten):
   optimizer = sj.reference_optimizer(circuit, flatten=flatten)
   state = sj.init_state(jax.random.key(0), circuit, optimizer)
   batch = (jnp.zeros((BATCH, WIDTHS[0])), jnp.zeros((BATCH,), jnp.int32))
-  step = jax.jit(_step_fn(name, circuit, optimizer), donate_argnums=0)
-  return step_ops(step, state, batch)
+  return step_ops(_jit_step(name, circuit, optimizer), state, batch)
 
 
 def _median_time(fn, repeats):
@@ -144,7 +148,7 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll, flatten):
   key = jax.random.key(0)
   idx = np.asarray(datasets.epoch_indices(key, n, BATCH))
   batches = [datasets.preprocess(images[i], labels[i]) for i in idx]
-  step = jax.jit(_step_fn(name, circuit, optimizer), donate_argnums=0)
+  step = _jit_step(name, circuit, optimizer)
   epoch = jax.jit(_epoch_fn(name, circuit, optimizer, unroll),
                   donate_argnums=0)
   sweep_epoch = jax.jit(jax.vmap(_epoch_fn(name, circuit, optimizer, unroll),

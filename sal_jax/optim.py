@@ -35,7 +35,7 @@ def scale_by_family(w, w_bar, v, v_bar) -> optax.GradientTransformation:
         for family, m in zip(updates, (w, w_bar, v, v_bar))))
     return scaled, state
 
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
@@ -55,7 +55,7 @@ def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
         lambda g: jax.lax.select(keep, g, (g / norm.astype(g.dtype)) * max_norm),
         updates), state
 
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def _plastic_mask(plastic: Sequence[str]):

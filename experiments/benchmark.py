@@ -10,15 +10,18 @@ already on the device (dispatch cost only), one scanned epoch, and a vmapped
 sweep of 16 models. Times are medians over repeats after a warm-up. "ops/step"
 counts the top-level operations of the compiled step (fusions, matrix-product
 library calls, copies): on a GPU each is a kernel launch, which is what a step
-of this small MLP costs; ``--list_ops`` prints them. A benchmark, not a test: timings on shared machines
-are noisy, so compare ratios within one run.
+of this small MLP costs; ``--list_ops`` prints them. "GFLOP/step" and
+"MB/step" are XLA's own cost estimate of one compiled step (floating-point
+operations, bytes its operations read and write), per model. A benchmark, not
+a test: timings on shared machines are noisy, so compare ratios within one run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import math
+import pathlib
 import platform
 import re
 import statistics
@@ -30,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.train import write_json_atomically
 import sal_jax as sj
 from sal_jax import datasets
 from sal_jax import diagnostics
@@ -50,6 +54,13 @@ _FLATTEN = flags.DEFINE_bool("flatten", False, "Run the optimizer on one "
 _LIST_OPS = flags.DEFINE_bool(
     "list_ops", False, "Print each row's compiled step, one line per "
     "top-level operation, instead of timing it.")
+_BATCHED = flags.DEFINE_enum(
+    "batched", "auto", ["auto", "on", "off"], "The rules' equal-shaped "
+    "products as batched products (Circuit.batched_products); auto: on "
+    "accelerators only.")
+_PRECISION = flags.DEFINE_string(
+    "precision", "", "jax.default_matmul_precision for the whole run, e.g. "
+    "highest (full float32) or tensorfloat32; empty: the backend's default.")
 _METHODS = flags.DEFINE_list(
     "methods", None, "Rows to run (default all): backprop, sgd, fa, kp, sal, "
     "sal_sqrt5, sal_sqrt8.")
@@ -98,12 +109,12 @@ _NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "constant",
                 "bitcast"}
 
 
-def step_ops(jitted_step, *args) -> list[str]:
-  """The compiled step's top-level operations (its kernel launches on a GPU).
+def step_ops(compiled) -> list[str]:
+  """A compiled step's top-level operations (its kernel launches on a GPU).
 
   One line each: opcode, result shape and the JAX operation it came from.
   """
-  text = jitted_step.lower(*args).compile().as_text()
+  text = compiled.as_text()
   entry = text[text.index("\nENTRY"):]
   ops = []
   for match in re.finditer(r"^\s*(?:ROOT )?%\S+ = (.*?)\s([a-z][\w-]*)\((.*)$",
@@ -116,12 +127,25 @@ def step_ops(jitted_step, *args) -> list[str]:
   return ops
 
 
-def list_ops(name, circuit, flatten):
-  """``step_ops`` of one row's step on a batch of zeros."""
-  optimizer = sj.reference_optimizer(circuit, flatten=flatten)
+def step_cost(compiled) -> tuple[float, float]:
+  """XLA's estimate of a compiled step's (GFLOP, MB read and written)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
+    cost = cost[0]
+  return cost.get("flops", 0.0) / 1e9, cost.get("bytes accessed", 0.0) / 1e6
+
+
+def compile_step(name, circuit, optimizer):
+  """One row's jitted step, compiled for a batch of MNIST's shape."""
   state = sj.init_state(jax.random.key(0), circuit, optimizer)
   batch = (jnp.zeros((BATCH, WIDTHS[0])), jnp.zeros((BATCH,), jnp.int32))
-  return step_ops(_jit_step(name, circuit, optimizer), state, batch)
+  return _jit_step(name, circuit, optimizer).lower(state, batch).compile()
+
+
+def list_ops(name, circuit, flatten):
+  """``step_ops`` of one row's step."""
+  optimizer = sj.reference_optimizer(circuit, flatten=flatten)
+  return step_ops(compile_step(name, circuit, optimizer))
 
 
 def _median_time(fn, repeats):
@@ -158,7 +182,8 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll, flatten):
             "states": loop.init_sweep(jax.random.split(key, sweep), circuit,
                                       optimizer)}
   sweep_keys = jax.random.split(key, sweep)
-  ops = len(step_ops(step, holder["state"], batches[0]))
+  compiled = compile_step(name, circuit, optimizer)
+  gflop, megabytes = step_cost(compiled)
 
   def run_host_loop():
     state = holder["state"]
@@ -185,7 +210,9 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll, flatten):
   t_scan = _median_time(run_scan, repeats)
   t_sweep = _median_time(run_sweep, repeats)
   examples = steps * BATCH
-  return {"method": name, "steps": steps, "ops_per_step": ops,
+  return {"method": name, "steps": steps,
+          "ops_per_step": len(step_ops(compiled)),
+          "gflop_per_step": gflop, "mb_per_step": megabytes,
           "unroll": unroll, "flatten": flatten,
           "host_loop_ms": 1e3 * t_host_loop,
           "loop_ms": 1e3 * t_loop, "scan_ms": 1e3 * t_scan,
@@ -202,19 +229,25 @@ def _ratio(value):
   return "" if value is None else f"{value:.2f}x"
 
 
-def main(argv):
-  del argv
-  names = _METHODS.value or list(CIRCUITS)
-  unknown = sorted(set(names) - set(CIRCUITS))
-  if unknown:
-    raise app.UsageError(f"unknown --methods {unknown}; expected {list(CIRCUITS)}")
-  if _LIST_OPS.value:
-    for name in names:
-      ops = list_ops(name, CIRCUITS[name], _FLATTEN.value)
-      print(f"## {name}: {len(ops)} operations per step")
-      print("\n".join(ops))
-    return
-  quick = _QUICK.value
+def _circuits(names):
+  """The rows' circuits, with ``--batched`` applied."""
+  batched = {"auto": None, "on": True, "off": False}[_BATCHED.value]
+  return {name: dataclasses.replace(CIRCUITS[name], batched_products=batched)
+          for name in names}
+
+
+def _matmul_precision():
+  """``--precision`` as a context manager; UsageError if jax rejects it."""
+  value = _PRECISION.value or None
+  try:
+    with jax.default_matmul_precision(value):
+      pass
+  except ValueError as e:
+    raise app.UsageError(f"bad --precision {value!r}: {e}") from e
+  return jax.default_matmul_precision(value)
+
+
+def _load_images(quick):
   try:
     ds = datasets.load("mnist", _DATA_DIR.value, source="local")
     images, labels, data = ds.x_train, ds.y_train, "MNIST"
@@ -225,37 +258,66 @@ def main(argv):
     data = "random data of MNIST's shape"
   if quick:
     images, labels = images[:8 * BATCH], labels[:8 * BATCH]
+  return images, labels, data
+
+
+def main(argv):
+  del argv
+  names = _METHODS.value or list(CIRCUITS)
+  unknown = sorted(set(names) - set(CIRCUITS))
+  if unknown:
+    raise app.UsageError(f"unknown --methods {unknown}; expected {list(CIRCUITS)}")
+  circuits = _circuits(names)
+  with _matmul_precision():
+    if _LIST_OPS.value:
+      for name, circuit in circuits.items():
+        ops = list_ops(name, circuit, _FLATTEN.value)
+        print(f"## {name}: {len(ops)} operations per step")
+        print("\n".join(ops))
+      return
+    run_table(circuits)
+
+
+def run_table(circuits):
+  """Times every row, prints the table, writes ``--json``."""
+  quick = _QUICK.value
+  images, labels, data = _load_images(quick)
   sweep = 2 if quick else _SWEEP.value
   repeats = 1 if quick else _REPEATS.value
   device = jax.local_devices()[0]
+  settings = {"unroll": _UNROLL.value, "flatten": _FLATTEN.value,
+              "batched": _BATCHED.value,
+              "precision": _PRECISION.value or "default"}
   print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}, "
-        f"{platform.node()}; {data}, {images.shape[0] // BATCH} steps/epoch, "
-        f"unroll {_UNROLL.value}, flatten {_FLATTEN.value}")
+        f"{platform.node()}; {data}, {images.shape[0] // BATCH} steps/epoch; "
+        + ", ".join(f"{k} {v}" for k, v in settings.items()))
   rows = []
-  header = ("| method | ops/step | host loop ms | device loop ms | scan ms | "
-            f"sweep of {sweep} ms | scan ex/s | host loop/scan | "
-            "device loop/scan | sweep gain | scan vs backprop | peak MiB |")
+  header = ("| method | ops/step | GFLOP/step | MB/step | host loop ms | "
+            f"device loop ms | scan ms | sweep of {sweep} ms | scan ex/s | "
+            "host loop/scan | device loop/scan | sweep gain | "
+            "scan vs backprop | peak MiB |")
   print(header)
-  print("|" + "---|" * 12)
-  for name in names:
-    row = bench_row(name, CIRCUITS[name], (images, labels), repeats, sweep,
+  print("|" + "---|" * 14)
+  for name, circuit in circuits.items():
+    row = bench_row(name, circuit, (images, labels), repeats, sweep,
                     _UNROLL.value, _FLATTEN.value)
     reference = [r["scan_ms"] for r in rows if r["method"] == "backprop"]
     row["scan_vs_backprop"] = (row["scan_ms"] / reference[0] if reference
                                else None)
     rows.append(row)
     peak = (f"{row['peak_bytes'] / 2**20:.0f}" if row["peak_bytes"] else "")
-    print(f"| {name} | {row['ops_per_step']} | {row['host_loop_ms']:.1f} | "
+    print(f"| {name} | {row['ops_per_step']} | {row['gflop_per_step']:.3f} | "
+          f"{row['mb_per_step']:.1f} | {row['host_loop_ms']:.1f} | "
           f"{row['loop_ms']:.1f} | {row['scan_ms']:.1f} | "
           f"{row['sweep_ms']:.1f} | {row['scan_examples_per_s']:.0f} | "
           f"{_ratio(row['host_loop_over_scan'])} | "
           f"{_ratio(row['loop_over_scan'])} | {_ratio(row['sweep_gain'])} | "
           f"{_ratio(row['scan_vs_backprop'])} | {peak} |", flush=True)
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump({"device": f"{device.platform}:{device.device_kind}",
-                 "jax": jax.__version__, "data": data, "rows": rows}, f,
-                indent=1)
+    write_json_atomically(
+        pathlib.Path(_JSON.value),
+        {"device": f"{device.platform}:{device.device_kind}",
+         "jax": jax.__version__, "data": data, **settings, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -310,6 +310,17 @@ def validate_config(config) -> None:
       raise ValueError(f"{name} must be non-negative, got {config[name]}")
   if any(int(h) <= 0 for h in config.hidden):
     raise ValueError(f"hidden widths must be positive, got {config.hidden}")
+  try:
+    with matmul_precision(config):
+      pass
+  except ValueError as e:
+    raise ValueError(f"bad matmul_precision {config.matmul_precision!r}: "
+                     f"{e}") from None
+
+
+def matmul_precision(config):
+  """The context every matrix product of a run is traced in."""
+  return jax.default_matmul_precision(config.matmul_precision or None)
 
 
 # Settings that may change between a run and its resumption.
@@ -371,14 +382,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     return result
 
   try:
-    results = {cell.label: run(cell) for cell in cells}
-    summary = report(config, data, results, run, workdir)
+    with matmul_precision(config):
+      results = {cell.label: run(cell) for cell in cells}
+      summary = report(config, data, results, run, workdir)
   finally:
     logger.close()
   out = dict(experiment=config.experiment, dataset=config.dataset,
              data_source=data.source,
              multi_label_accuracy=data.multi_label, summary=summary,
              diverged=diverged, device=str(jax.devices()[0].device_kind),
-             jax=jax.__version__)
+             jax=jax.__version__,
+             matmul_precision=config.matmul_precision or "default")
   write_json_atomically(workdir / "results.json", out)
   return out

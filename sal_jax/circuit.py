@@ -86,6 +86,10 @@ class Circuit:
       takes the method's default. Families the method lacks cannot be listed.
     loss: ``softmax_cross_entropy``, ``mse`` or ``sigmoid_cross_entropy``.
     mirror_noise_std: σ of the noise weight mirroring (``wm``) learns from.
+    batched_products: form the rules' equal-shaped matrix products as one
+      batched product (same values up to float rounding; fewer kernels on an
+      accelerator). None: on accelerators, off on CPU, where XLA runs the
+      batched form slower (RESULTS.md).
   """
   widths: tuple[int, ...]
   ratio: float = 1.0
@@ -95,6 +99,7 @@ class Circuit:
   plastic: tuple[str, ...] | None = None
   loss: str = "softmax_cross_entropy"
   mirror_noise_std: float = 1.0
+  batched_products: bool | None = None
 
   def __post_init__(self):
     widths = tuple(int(d) for d in self.widths)
@@ -164,6 +169,13 @@ class Circuit:
   def plastic_families(self) -> tuple[str, ...]:
     """Families that learn besides W."""
     return self.spec.plastic if self.plastic is None else tuple(self.plastic)
+
+  @property
+  def batches_products(self) -> bool:
+    """``batched_products`` resolved for the current backend."""
+    if self.batched_products is None:
+      return jax.default_backend() != "cpu"
+    return bool(self.batched_products)
 
   @property
   def upstream_widths(self) -> tuple[int, ...]:

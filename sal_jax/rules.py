@@ -13,7 +13,7 @@ The ``*_factors`` functions return each rule's (post_BxM, pre_BxN) pairs;
 accelerator, products of equal shape run as one batched matrix product: a
 small MLP's step there is bound by how many kernels it launches, not by its
 FLOPs. XLA:CPU runs the batched form slower (measured: RESULTS.md), so on CPU
-every matrix gets its own product.
+every matrix gets its own product (``Circuit.batched_products`` overrides).
 
 ``plasticity`` returns G = -ΔM (decay excluded) with the tree structure of the
 weights, so that it can be fed to any optax chain as if it were a gradient;
@@ -33,11 +33,6 @@ Array = jax.Array
 Circuit = circuit_lib.Circuit
 Weights = circuit_lib.Weights
 Factors = list[tuple[Array, Array]]  # (post_BxM, pre_BxN) per matrix
-
-
-def batch_by_default() -> bool:
-  """Whether ``plasticity`` batches its products: off on XLA:CPU only."""
-  return jax.default_backend() != "cpu"
 
 
 def _batched(fn: Callable[[Array, Array], Array],
@@ -158,14 +153,14 @@ def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
     down: downstream activity from ``circuit.downstream``.
     key: PRNG key, needed by weight mirroring only.
     batched: form equal-shaped products as one batched product (the same
-      values up to float rounding); None: ``batch_by_default()``.
+      values up to float rounding); None: ``circuit.batches_products``.
 
   Returns:
     Updates with the tree structure of ``weights``, signed like gradients.
   """
   plastic = circuit.plastic_families
   if batched is None:
-    batched = batch_by_default()
+    batched = circuit.batches_products
   factors = {"w": w_factors(weights, up, down, batched)}
   if "w_bar" in plastic and circuit.spec.w_bar_rule == "mirror":
     if key is None:

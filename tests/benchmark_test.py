@@ -11,32 +11,46 @@ import pytest
 ROOT = pathlib.Path(__file__).parents[1]
 
 
+def _benchmark(*flags_):
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", *flags_],
+      env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
+      capture_output=True, text=True, timeout=280, check=False)
+
+
 @pytest.mark.timeout(300)
 def test_benchmark_quick_mode_prints_a_table_and_writes_json(tmp_path):
   out = tmp_path / "bench.json"
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.benchmark", "--quick",
-       "--methods=backprop,sal", f"--json={out}"],
-      env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
-      capture_output=True, text=True, timeout=280, check=False)
+  result = _benchmark("--quick", "--methods=backprop,sal", f"--json={out}")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "| sal |" in result.stdout
-  rows = json.loads(out.read_text())["rows"]
+  written = json.loads(out.read_text())
+  assert (written["batched"], written["precision"]) == ("auto", "default")
+  rows = written["rows"]
   assert [r["method"] for r in rows] == ["backprop", "sal"]
   for row in rows:
     assert row["ops_per_step"] > 0
+    assert row["gflop_per_step"] > 0 and row["mb_per_step"] > 0
     for mode in ("host_loop", "loop", "scan", "sweep"):
       assert row[f"{mode}_ms"] > 0
 
 
-@pytest.mark.timeout(300)
-def test_benchmark_lists_the_compiled_step_operations():
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.benchmark", "--list_ops",
-       "--methods=sal"],
-      env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
-      capture_output=True, text=True, timeout=280, check=False)
+def _listed_ops(*flags_):
+  result = _benchmark("--list_ops", "--methods=sal", *flags_)
   assert result.returncode == 0, result.stderr[-2000:]
   header, *ops = result.stdout.strip().splitlines()
   assert header == f"## sal: {len(ops)} operations per step"
-  assert any("dot_general" in op for op in ops)
+  return ops
+
+
+@pytest.mark.timeout(300)
+def test_benchmark_lists_the_compiled_step_operations():
+  dots = lambda ops: sum(op.startswith("dot") for op in ops)
+  per_matrix = _listed_ops("--batched=off")
+  assert dots(per_matrix) > dots(_listed_ops("--batched=on")) > 0
+
+
+def test_benchmark_rejects_an_unknown_precision():
+  result = _benchmark("--list_ops", "--precision=fp7")
+  assert result.returncode != 0
+  assert "bad --precision 'fp7'" in result.stderr

@@ -7,10 +7,12 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from experiments import train
+from sal_jax import loop
 from experiments.configs import (ablation, alignment, digits,
                                  feedback_nonlinearity, lr_grid, modulation,
                                  structure, table1, width_sweep)
@@ -75,6 +77,24 @@ def test_table1_writes_a_row_per_method_and_a_figure(tmp_path, data_dir):
   table = (tmp_path / "table.md").read_text()
   assert "| SAL |" in table and "98.85" in table  # the paper's MNIST number
   assert {"table.md", "test_accuracy.png"} <= files
+
+
+def test_matmul_precision_holds_for_every_epoch_and_is_recorded(
+    tmp_path, data_dir, monkeypatch):
+  seen = []
+  sweep_epoch = loop.sweep_epoch
+
+  def spy(*args, **kwargs):
+    seen.append(jax.config.jax_default_matmul_precision)
+    return sweep_epoch(*args, **kwargs)
+
+  monkeypatch.setattr(loop, "sweep_epoch", spy)
+  config = _config(table1, data_dir, method="sal", epochs=2, seeds=1,
+                   matmul_precision="highest")
+  results = train.train_and_evaluate(config, tmp_path)
+  assert seen == ["highest", "highest"]
+  assert results["matmul_precision"] == "highest"
+  assert jax.config.jax_default_matmul_precision is None  # restored after
 
 
 def test_width_sweep_records_parameter_counts(tmp_path, data_dir):
@@ -191,6 +211,7 @@ def _cli(workdir, *overrides):
     ("--config.dataset=imagenet", "unknown dataset 'imagenet'"),
     ("--config.epochs=0", "epochs must be positive"),
     ("--config.unroll=0", "unroll must be positive"),
+    ("--config.matmul_precision=fp7", "bad matmul_precision 'fp7'"),
 ])
 def test_bad_setting_exits_nonzero_with_one_line_and_writes_nothing(
     tmp_path, data_dir, override, message):

@@ -24,6 +24,9 @@ def get_config(runlocal: bool | str = False) -> ml_collections.ConfigDict:
   c.loss = ""               # "" = softmax CE, or sigmoid CE if multi-label
   c.batch_size = 256
   c.unroll = 1              # steps per iteration of the scanned epoch (speed)
+  c.matmul_precision = ""   # jax.default_matmul_precision; "" = the backend's
+                            # default (TF32 on recent NVIDIA GPUs), "highest" =
+                            # full float32 as on CPU
   c.epochs = 20
   c.seeds = 5
   c.seed = 0                # first seed; members use seed, seed+1, ...

@@ -43,14 +43,16 @@ def test_sweep_members_equal_separate_runs_with_their_own_hyperparams(rng):
   keys = jax.random.split(jax.random.key(0), 3)
   lrs = jnp.array([0.01, 0.05, 0.0])
   m_v_bars = jnp.array([4.0, 1.0, 2.0])
+  decays = jnp.array([1e-3, 0.0, 0.1])
   states = loop.init_sweep(keys, circuit, opt, learning_rate=lrs,
-                           m_v_bar=m_v_bars)
+                           m_v_bar=m_v_bars, weight_decay=decays)
   epoch_keys = jax.random.split(jax.random.key(1), 3)
   states, metrics = loop.sweep_epoch(circuit, opt, 8, states, epoch_keys,
                                      images, labels)
   evals = loop.sweep_evaluate(circuit, states.weights, images, labels)
   for i in range(3):
     alone = sj.reference_optimizer(circuit, learning_rate=float(lrs[i]),
+                                   weight_decay=float(decays[i]),
                                    multipliers=(1.0, 0.2, 1.0,
                                                 float(m_v_bars[i])))
     state = sj.init_state(keys[i], circuit, alone)
@@ -94,15 +96,17 @@ def test_in_jit_evaluation_counts_the_last_partial_batch(rng):
 
 
 def test_speed_knobs_leave_a_sweep_unchanged(rng):
-  # flatten (one vector through clip, decay, momentum) and scan unroll change
-  # how the sweep is compiled, not what it computes.
-  circuit = sj.Circuit(widths=(12, 16, 16, 5), method="sal")
+  # flatten (one vector through clip, decay, momentum), scan unroll and
+  # batched rule products change how the sweep is compiled, not what it
+  # computes.
   images, labels = _data(rng)
   keys = jax.random.split(jax.random.key(0), 2)
   epoch_keys = jax.random.split(jax.random.key(1), 2)
   lrs = jnp.array([0.01, 0.05])
 
-  def run(flatten, unroll):
+  def run(flatten, unroll, batched=False):
+    circuit = sj.Circuit(widths=(12, 16, 16, 5), method="sal",
+                         batched_products=batched)
     opt = sj.reference_optimizer(circuit, flatten=flatten)
     states = loop.init_sweep(keys, circuit, opt, learning_rate=lrs)
     return loop.sweep_epoch(circuit, opt, 8, states, epoch_keys, images,
@@ -113,3 +117,5 @@ def test_speed_knobs_leave_a_sweep_unchanged(rng):
                               atol=1e-6)
   chex.assert_trees_all_close(run(flatten=False, unroll=3), plain, rtol=1e-5,
                               atol=1e-6)
+  chex.assert_trees_all_close(run(flatten=False, unroll=1, batched=True),
+                              plain, rtol=1e-5, atol=1e-6)

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.train import write_json_atomically
+from experiments import files
 import sal_jax as sj
 from sal_jax import datasets
 from sal_jax import diagnostics
@@ -314,7 +314,7 @@ def run_table(circuits):
           f"{_ratio(row['loop_over_scan'])} | {_ratio(row['sweep_gain'])} | "
           f"{_ratio(row['scan_vs_backprop'])} | {peak} |", flush=True)
   if _JSON.value:
-    write_json_atomically(
+    files.write_json_atomically(
         pathlib.Path(_JSON.value),
         {"device": f"{device.platform}:{device.device_kind}",
          "jax": jax.__version__, "data": data, **settings, "rows": rows})

@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 import ml_collections
 
+from experiments import files
 from experiments import plans
 from experiments import train
 
@@ -40,7 +41,7 @@ def main(argv):
   if len(results["sal"]["members"]) != expected or epochs != {config.epochs}:
     raise app.UsageError(f"{workdir}: the search stage is incomplete")
   summary = plans.lr_grid_search_summary(config, results, workdir)
-  train.write_json_atomically(workdir / "search_summary.json", summary)
+  files.write_json_atomically(workdir / "search_summary.json", summary)
   ranked = sorted(summary["grid"], key=lambda p: -p["validation_accuracy"])
   print(f"{config.dataset}: {len(ranked)} SAL points x {config.seeds} seeds, "
         f"{config.epochs} epochs; validation accuracy (diverged seed = 0)")

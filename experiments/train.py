@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import time
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 
 import sal_jax as sj
 from experiments import checkpoints
+from experiments import files
 from experiments import logs
 from sal_jax import datasets
 from sal_jax import loop
@@ -282,16 +282,6 @@ def summarize(result: dict[str, Any], key: str = "test_accuracy"):
               diverged=diverged)
 
 
-def write_json_atomically(path: pathlib.Path, obj) -> None:
-  """Writes via a temporary file and rename: never a half-written file."""
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, allow_nan=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def validate_config(config) -> None:
   """Raises ValueError naming the first bad setting."""
   from experiments import plans  # pylint: disable=g-import-not-at-top
@@ -365,7 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   for cell in cells:
     make_optimizer(config, cell.circuit)  # checks the hyperparameters
   workdir.mkdir(parents=True, exist_ok=True)
-  write_json_atomically(workdir / "config.json", json.loads(config.to_json()))
+  files.write_json_atomically(workdir / "config.json", json.loads(config.to_json()))
   logs.keep_checkpointed_lines(
       workdir / "metrics.jsonl",
       lambda label: checkpoints.latest_epoch(
@@ -393,5 +383,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              diverged=diverged, device=str(jax.devices()[0].device_kind),
              jax=jax.__version__,
              matmul_precision=config.matmul_precision or "default")
-  write_json_atomically(workdir / "results.json", out)
+  files.write_json_atomically(workdir / "results.json", out)
   return out

@@ -54,3 +54,23 @@ def test_benchmark_rejects_an_unknown_precision():
   result = _benchmark("--list_ops", "--precision=fp7")
   assert result.returncode != 0
   assert "bad --precision 'fp7'" in result.stderr
+
+
+@pytest.mark.timeout(400)
+def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
+  # The script is for a lent GPU's few minutes: a flag it passes that the
+  # benchmark no longer knows must fail here, not there.
+  result = subprocess.run(
+      ["bash", str(ROOT / "experiments" / "gpu_speed_check.sh"),
+       str(tmp_path), str(tmp_path / "no_data"), "--quick", "--methods=sal"],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                         JAX_PLATFORMS="cpu"),
+      capture_output=True, text=True, timeout=380, check=False)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  written = {p.stem: json.loads(p.read_text())
+             for p in tmp_path.glob("*.json")}
+  assert set(written) == {"default", "sweep64", "sweep64_per_matrix",
+                          "single_knobs"}
+  assert written["sweep64_per_matrix"]["batched"] == "off"
+  assert (written["single_knobs"]["flatten"],
+          written["single_knobs"]["unroll"]) == (True, 4)

@@ -355,7 +355,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   for cell in cells:
     make_optimizer(config, cell.circuit)  # checks the hyperparameters
   workdir.mkdir(parents=True, exist_ok=True)
-  files.write_json_atomically(workdir / "config.json", json.loads(config.to_json()))
+  files.write_json_atomically(workdir / "config.json",
+                              json.loads(config.to_json()))
   logs.keep_checkpointed_lines(
       workdir / "metrics.jsonl",
       lambda label: checkpoints.latest_epoch(

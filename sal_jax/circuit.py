@@ -149,6 +149,9 @@ class Circuit:
       raise ValueError(
           f"plastic lists {sorted(unknown)}, which method {self.method!r} "
           f"does not have; it has {spec.families}")
+    if self.batched_products not in (None, True, False):
+      raise ValueError("batched_products must be True, False or None (by "
+                       f"backend), got {self.batched_products!r}")
     if self.mirror_noise_std <= 0:
       raise ValueError(
           f"mirror_noise_std must be positive, got {self.mirror_noise_std}")
@@ -171,7 +174,7 @@ class Circuit:
     return self.spec.plastic if self.plastic is None else tuple(self.plastic)
 
   @property
-  def batches_products(self) -> bool:
+  def uses_batched_products(self) -> bool:
     """``batched_products`` resolved for the current backend."""
     if self.batched_products is None:
       return jax.default_backend() != "cpu"

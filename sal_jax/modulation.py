@@ -23,7 +23,7 @@ def modulated_output(circuit: circuit_lib.Circuit,
   """The output ŷ after one modulation cycle of strength ``tau``."""
   up, down = train.forward_and_feedback(circuit, weights, batch)
   signals = rules.upstream_feedback(weights, down,
-                                   circuit.batches_products)
+                                    circuit.uses_batched_products)
   a = up.a[0]
   h = None
   for w_l, signal in zip(weights.w, signals):

@@ -153,14 +153,14 @@ def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
     down: downstream activity from ``circuit.downstream``.
     key: PRNG key, needed by weight mirroring only.
     batched: form equal-shaped products as one batched product (the same
-      values up to float rounding); None: ``circuit.batches_products``.
+      values up to float rounding); None: ``circuit.uses_batched_products``.
 
   Returns:
     Updates with the tree structure of ``weights``, signed like gradients.
   """
   plastic = circuit.plastic_families
   if batched is None:
-    batched = circuit.batches_products
+    batched = circuit.uses_batched_products
   factors = {"w": w_factors(weights, up, down, batched)}
   if "w_bar" in plastic and circuit.spec.w_bar_rule == "mirror":
     if key is None:

@@ -134,6 +134,8 @@ def mnist_or_generated():
     (dict(widths=(6, 8, 4), method="fa", plastic=("v",)), "does not have"),
     (dict(widths=(6, 8, 4), v_bar_signal="post"), "unknown v_bar_signal"),
     (dict(widths=(6, 8, 4), loss="hinge"), "unknown loss"),
+    (dict(widths=(6, 8, 4), batched_products="off"),
+     "batched_products must be True, False or None"),
 ])
 def test_bad_configuration_raises_value_error_naming_it(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -240,4 +242,4 @@ def test_circuit_batched_products_decides_how_the_rules_are_formed(
 
 def test_products_are_batched_by_default_on_accelerators_only():
   circuit = sj.Circuit(widths=(12, 8, 3))
-  assert circuit.batches_products == (jax.default_backend() != "cpu")
+  assert circuit.uses_batched_products == (jax.default_backend() != "cpu")

@@ -45,10 +45,13 @@ _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Directory with mnist.npz; random data of MNIST's shape "
     "when absent.")
-_SWEEP = flags.DEFINE_integer("sweep", 16, "Models in the vmapped sweep.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per mode (median).")
+_SWEEP = flags.DEFINE_integer("sweep", 16, "Models in the vmapped sweep.",
+                              lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per mode (median).",
+                                lower_bound=1)
 _UNROLL = flags.DEFINE_integer("unroll", 1, "Steps per iteration of the "
-                               "scanned loop (lax.scan's unroll).")
+                               "scanned loop (lax.scan's unroll).",
+                               lower_bound=1)
 _FLATTEN = flags.DEFINE_bool("flatten", False, "Run the optimizer on one "
                              "flattened vector (optim.reference's flatten).")
 _LIST_OPS = flags.DEFINE_bool(
@@ -267,6 +270,8 @@ def main(argv):
   unknown = sorted(set(names) - set(CIRCUITS))
   if unknown:
     raise app.UsageError(f"unknown --methods {unknown}; expected {list(CIRCUITS)}")
+  if _JSON.value and not pathlib.Path(_JSON.value).parent.is_dir():
+    raise app.UsageError(f"--json {_JSON.value}: its directory does not exist")
   circuits = _circuits(names)
   with _matmul_precision():
     if _LIST_OPS.value:

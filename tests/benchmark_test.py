@@ -50,10 +50,15 @@ def test_benchmark_lists_the_compiled_step_operations():
   assert dots(per_matrix) > dots(_listed_ops("--batched=on")) > 0
 
 
-def test_benchmark_rejects_an_unknown_precision():
-  result = _benchmark("--list_ops", "--precision=fp7")
+@pytest.mark.parametrize("flag, message", [
+    ("--precision=fp7", "bad --precision 'fp7'"),
+    ("--sweep=0", "--sweep=0: 0 is not a positive integer"),
+    ("--json=/nonexistent/bench.json", "its directory does not exist"),
+])
+def test_benchmark_refuses_a_bad_flag_before_running(flag, message):
+  result = _benchmark("--list_ops", flag)
   assert result.returncode != 0
-  assert "bad --precision 'fp7'" in result.stderr
+  assert message in result.stderr
 
 
 @pytest.mark.timeout(400)

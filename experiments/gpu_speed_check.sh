@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The speed measurements RESULTS.md still lacks, as one run on a GPU machine
-# (about 5 minutes on an H200). Each row of a comparison comes from the same
-# machine in the same call, so the ratios are comparable.
+# (four benchmark calls; not yet timed there). Each row of a comparison comes
+# from the same machine in the same call, so the ratios are comparable.
 #
 #   bash experiments/gpu_speed_check.sh OUT_DIR [DATA_DIR] [extra benchmark flags]
 #

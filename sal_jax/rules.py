@@ -142,8 +142,7 @@ def v_bar_factors(weights: Weights, up: circuit_lib.Upstream,
 
 def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
                down: circuit_lib.Downstream,
-               key: Array | None = None,
-               batched: bool | None = None) -> Weights:
+               key: Array | None = None) -> Weights:
   """G = -ΔM for every family; zeros for families that do not learn.
 
   Args:
@@ -152,15 +151,12 @@ def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
     up: upstream activity from ``circuit.upstream``.
     down: downstream activity from ``circuit.downstream``.
     key: PRNG key, needed by weight mirroring only.
-    batched: form equal-shaped products as one batched product (the same
-      values up to float rounding); None: ``circuit.uses_batched_products``.
 
   Returns:
     Updates with the tree structure of ``weights``, signed like gradients.
   """
   plastic = circuit.plastic_families
-  if batched is None:
-    batched = circuit.uses_batched_products
+  batched = circuit.uses_batched_products
   factors = {"w": w_factors(weights, up, down, batched)}
   if "w_bar" in plastic and circuit.spec.w_bar_rule == "mirror":
     if key is None:

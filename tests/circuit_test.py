@@ -1,5 +1,7 @@
 """Shapes, initialisation, jit/vmap behaviour and input errors of the circuit."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -196,14 +198,16 @@ def _matrix_products(fn, *args) -> int:
 
 
 def _rules(rng, method, ratio):
-  """The plasticity of a fresh circuit as a function of (weights, up, down)."""
+  """The plasticity of a fresh circuit as a function of (weights, up, down),
+  for either setting of ``Circuit.batched_products``."""
   circuit = sj.Circuit(widths=(12, 8, 8, 8, 3), ratio=ratio, method=method)
   weights = sj.init_weights(jax.random.key(0), circuit)
   up, down = train.forward_and_feedback(circuit, weights,
                                         random_batch(rng, 5, 12, 3))
   key = jax.random.key(1)
   rules = lambda batched: (lambda w, u, d: sj.plasticity(
-      circuit, w, u, d, key=key, batched=batched))
+      dataclasses.replace(circuit, batched_products=batched), w, u, d,
+      key=key))
   return rules, (weights, up, down)
 
 
@@ -225,19 +229,6 @@ def test_batched_sal_rules_need_a_handful_of_matrix_products(
   rules, args = _rules(rng, "sal", ratio)
   assert _matrix_products(rules(False), *args) == 19
   assert _matrix_products(rules(True), *args) == batched_products
-
-
-@pytest.mark.parametrize("batched_products, expected", [(False, 19),
-                                                       (True, 5)])
-def test_circuit_batched_products_decides_how_the_rules_are_formed(
-    rng, batched_products, expected):
-  circuit = sj.Circuit(widths=(12, 8, 8, 8, 3), method="sal",
-                       batched_products=batched_products)
-  weights = sj.init_weights(jax.random.key(0), circuit)
-  up, down = train.forward_and_feedback(circuit, weights,
-                                        random_batch(rng, 5, 12, 3))
-  plasticity = lambda w, u, d: sj.plasticity(circuit, w, u, d)
-  assert _matrix_products(plasticity, weights, up, down) == expected
 
 
 def test_products_are_batched_by_default_on_accelerators_only():

@@ -302,7 +302,7 @@ def run_table(circuits):
             "host loop/scan | device loop/scan | sweep gain | "
             "scan vs backprop | peak MiB |")
   print(header)
-  print("|" + "---|" * 14)
+  print("|" + "---|" * (header.count("|") - 1))
   for name, circuit in circuits.items():
     row = bench_row(name, circuit, (images, labels), repeats, sweep,
                     _UNROLL.value, _FLATTEN.value)

@@ -19,11 +19,8 @@ a test: timings on shared machines are noisy, so compare ratios within one run.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import pathlib
 import platform
-import re
 import statistics
 import time
 
@@ -34,11 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import files
+from experiments import hlo_kernels
+from experiments import reference_mlp
+from experiments.reference_mlp import BATCH, CIRCUITS, WIDTHS
 import sal_jax as sj
 from sal_jax import datasets
-from sal_jax import diagnostics
 from sal_jax import loop
-from sal_jax import train
+from sal_jax import xla_options
 
 _QUICK = flags.DEFINE_bool("quick", False, "A few batches, one repeat.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
@@ -60,74 +59,40 @@ _LIST_OPS = flags.DEFINE_bool(
 _BATCHED = flags.DEFINE_enum(
     "batched", "auto", ["auto", "on", "off"], "The rules' equal-shaped "
     "products as batched products (Circuit.batched_products); auto: on "
-    "accelerators only.")
+    "accelerators, except in sweeps (loop.sweep_circuit).")
 _PRECISION = flags.DEFINE_string(
     "precision", "", "jax.default_matmul_precision for the whole run, e.g. "
     "highest (full float32) or tensorfloat32; empty: the backend's default.")
+_XLA_OPTIONS = flags.DEFINE_enum(
+    "xla_options", "library", ["library", "xla"], "Compiler options of every "
+    "jitted program: the library's (sal_jax.xla_options) or XLA's defaults.")
 _METHODS = flags.DEFINE_list(
     "methods", None, "Rows to run (default all): backprop, sgd, fa, kp, sal, "
     "sal_sqrt5, sal_sqrt8.")
 
-WIDTHS = (784, 200, 200, 200, 10)
-BATCH = 256
-
-
-def backprop_step(optimizer, state, batch):
-  """The yardstick: autodiff gradient through the same optax chain."""
-  grads = diagnostics.loss_gradient(CIRCUITS["backprop"], state.weights.w,
-                                    batch)
-  return train.apply_gradients(optimizer, state,
-                               state.weights._replace(w=grads)), {}
-
-
-CIRCUITS = {
-    "backprop": sj.Circuit(WIDTHS, method="sgd"),
-    "sgd": sj.Circuit(WIDTHS, method="sgd"),
-    "fa": sj.Circuit(WIDTHS, method="fa"),
-    "kp": sj.Circuit(WIDTHS, method="kp"),
-    "sal": sj.Circuit(WIDTHS, method="sal"),
-    "sal_sqrt5": sj.Circuit(WIDTHS, method="sal", ratio=math.sqrt(5)),
-    "sal_sqrt8": sj.Circuit(WIDTHS, method="sal", ratio=math.sqrt(8)),
-}
-
-
-def _step_fn(name, circuit, optimizer):
-  if name == "backprop":
-    return functools.partial(backprop_step, optimizer)
-  return functools.partial(train.train_step, circuit, optimizer)
+def _jit(fn):
+  """``fn`` jitted with its first argument (the state) donated, compiled
+  with ``--xla_options``."""
+  options = xla_options.OPTIONS if _XLA_OPTIONS.value == "library" else {}
+  return jax.jit(fn, donate_argnums=0, compiler_options=options)
 
 
 def _jit_step(name, circuit, optimizer):
-  """The row's step function, jitted with the state donated."""
-  return jax.jit(_step_fn(name, circuit, optimizer), donate_argnums=0)
+  """The row's step function, jitted."""
+  return _jit(reference_mlp.step_fn(name, circuit, optimizer))
 
 
 def _epoch_fn(name, circuit, optimizer, unroll):
   """A scanned epoch built on the row's own step function."""
-  return loop.scan_epoch(_step_fn(name, circuit, optimizer), BATCH,
+  return loop.scan_epoch(reference_mlp.step_fn(name, circuit, optimizer), BATCH,
                          unroll=unroll)
 
 
-_NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "constant",
-                "bitcast"}
-
-
 def step_ops(compiled) -> list[str]:
-  """A compiled step's top-level operations (its kernel launches on a GPU).
-
-  One line each: opcode, result shape and the JAX operation it came from.
-  """
-  text = compiled.as_text()
-  entry = text[text.index("\nENTRY"):]
-  ops = []
-  for match in re.finditer(r"^\s*(?:ROOT )?%\S+ = (.*?)\s([a-z][\w-]*)\((.*)$",
-                           entry, flags=re.MULTILINE):
-    shape, opcode, rest = match.groups()
-    if opcode in _NOT_KERNELS:
-      continue
-    source = re.search(r'op_name="([^"]*)"', rest)
-    ops.append(f"{opcode:12s} {shape[:48]:48s} {source[1] if source else ''}")
-  return ops
+  """A compiled step's kernels (``hlo_kernels``), one line each: opcode,
+  result shape and the JAX operation it came from."""
+  return [f"{k.opcode:12s} {k.shape[:48]:48s} {k.source}"
+          for k in hlo_kernels.kernels(compiled.as_text())]
 
 
 def step_cost(compiled) -> tuple[float, float]:
@@ -176,11 +141,10 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll, flatten):
   idx = np.asarray(datasets.epoch_indices(key, n, BATCH))
   batches = [datasets.preprocess(images[i], labels[i]) for i in idx]
   step = _jit_step(name, circuit, optimizer)
-  epoch = jax.jit(_epoch_fn(name, circuit, optimizer, unroll),
-                  donate_argnums=0)
-  sweep_epoch = jax.jit(jax.vmap(_epoch_fn(name, circuit, optimizer, unroll),
-                                 in_axes=(0, 0, None, None)),
-                        donate_argnums=0)
+  epoch = _jit(_epoch_fn(name, circuit, optimizer, unroll))
+  sweep_epoch = _jit(jax.vmap(
+      _epoch_fn(name, loop.sweep_circuit(circuit, sweep), optimizer, unroll),
+      in_axes=(0, 0, None, None)))
   holder = {"state": sj.init_state(key, circuit, optimizer),
             "states": loop.init_sweep(jax.random.split(key, sweep), circuit,
                                       optimizer)}
@@ -241,13 +205,10 @@ def _circuits(names):
 
 def _matmul_precision():
   """``--precision`` as a context manager; UsageError if jax rejects it."""
-  value = _PRECISION.value or None
   try:
-    with jax.default_matmul_precision(value):
-      pass
+    return xla_options.matmul_precision(_PRECISION.value)
   except ValueError as e:
-    raise app.UsageError(f"bad --precision {value!r}: {e}") from e
-  return jax.default_matmul_precision(value)
+    raise app.UsageError(f"bad --precision {e}") from None
 
 
 def _load_images(quick):
@@ -291,7 +252,7 @@ def run_table(circuits):
   repeats = 1 if quick else _REPEATS.value
   device = jax.local_devices()[0]
   settings = {"unroll": _UNROLL.value, "flatten": _FLATTEN.value,
-              "batched": _BATCHED.value,
+              "batched": _BATCHED.value, "xla_options": _XLA_OPTIONS.value,
               "precision": _PRECISION.value or "default"}
   print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}, "
         f"{platform.node()}; {data}, {images.shape[0] // BATCH} steps/epoch; "

@@ -28,6 +28,7 @@ from experiments import files
 from experiments import logs
 from sal_jax import datasets
 from sal_jax import loop
+from sal_jax import xla_options
 
 HYPERPARAMS = ("learning_rate", "m_w", "m_w_bar", "m_v", "m_v_bar")
 
@@ -301,16 +302,14 @@ def validate_config(config) -> None:
   if any(int(h) <= 0 for h in config.hidden):
     raise ValueError(f"hidden widths must be positive, got {config.hidden}")
   try:
-    with matmul_precision(config):
-      pass
+    matmul_precision(config)
   except ValueError as e:
-    raise ValueError(f"bad matmul_precision {config.matmul_precision!r}: "
-                     f"{e}") from None
+    raise ValueError(f"bad matmul_precision {e}") from None
 
 
 def matmul_precision(config):
   """The context every matrix product of a run is traced in."""
-  return jax.default_matmul_precision(config.matmul_precision or None)
+  return xla_options.matmul_precision(config.matmul_precision)
 
 
 # Settings that may change between a run and its resumption.

@@ -89,7 +89,8 @@ class Circuit:
     batched_products: form the rules' equal-shaped matrix products as one
       batched product (same values up to float rounding; fewer kernels on an
       accelerator). None: on accelerators, off on CPU, where XLA runs the
-      batched form slower (RESULTS.md).
+      batched form slower (RESULTS.md), and off in vmapped sweeps
+      (``loop.sweep_circuit``).
   """
   widths: tuple[int, ...]
   ratio: float = 1.0

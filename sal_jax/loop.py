@@ -9,6 +9,7 @@ state), so N configurations compile once and run together.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -20,6 +21,7 @@ from sal_jax import circuit as circuit_lib
 from sal_jax import datasets
 from sal_jax import optim
 from sal_jax import train
+from sal_jax import xla_options
 
 Array = jax.Array
 Circuit = circuit_lib.Circuit
@@ -119,11 +121,29 @@ def init_sweep(keys: Array, circuit: Circuit,
                           {k: jnp.array(v) for k, v in hyperparams.items()})
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=5)
+def sweep_circuit(circuit: Circuit, members: int) -> Circuit:
+  """The circuit a sweep of ``members`` models runs.
+
+  Batching the rules' equal-shaped products saves launches for one model, but
+  under ``vmap`` every product is batched over the members anyway, and
+  stacking equal shapes on top only copies each member's activity. So a sweep
+  of two or more forms them per matrix, unless the circuit fixes
+  ``batched_products``. XLA:GPU's compile for an H100 (RESULTS.md, "Speed"):
+  a SAL step of 2 members moves 87.5 MB batched and 60.2 MB per matrix (40
+  and 42 kernels); of 64 members, 2.75 and 1.88 GB (44 kernels either way).
+  """
+  if circuit.batched_products is None and members > 1:
+    return dataclasses.replace(circuit, batched_products=False)
+  return circuit
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=5,
+                   compiler_options=xla_options.OPTIONS)
 def _sweep_epoch(circuit, optimizer, batch_size, diagnostics, unroll, states,
                  keys, images, labels):
-  epoch = make_epoch(circuit, optimizer, batch_size, diagnostics=diagnostics,
-                     unroll=unroll)
+  members = jax.tree.leaves(states)[0].shape[0]
+  epoch = make_epoch(sweep_circuit(circuit, members), optimizer, batch_size,
+                     diagnostics=diagnostics, unroll=unroll)
   return jax.vmap(epoch, in_axes=(0, 0, None, None))(states, keys, images,
                                                      labels)
 
@@ -136,13 +156,14 @@ def sweep_epoch(circuit: Circuit, optimizer: optax.GradientTransformation,
 
   ``states`` is donated: use the returned states. A member that diverges
   (non-finite loss) produces NaNs in its own rows only. ``unroll`` is
-  ``scan_epoch``'s.
+  ``scan_epoch``'s; the rules' products are ``sweep_circuit``'s.
   """
   return _sweep_epoch(circuit, optimizer, batch_size, diagnostics, unroll,
                       states, keys, images, labels)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
+@functools.partial(jax.jit, static_argnums=(0, 4),
+                   compiler_options=xla_options.OPTIONS)
 def sweep_evaluate(circuit: Circuit, weights: circuit_lib.Weights,
                    images: Array, labels: Array, batch_size: int = 2000):
   """``evaluate_arrays`` for every member of a sweep."""

@@ -19,6 +19,7 @@ from sal_jax import checks
 from sal_jax import circuit as circuit_lib
 from sal_jax import loop
 from sal_jax import train
+from sal_jax import xla_options
 
 AXIS = "data"
 
@@ -50,7 +51,7 @@ def make_parallel_step(circuit: circuit_lib.Circuit,
       functools.partial(train.train_step, circuit, optimizer,
                         diagnostics=diagnostics),
       in_shardings=(replicated, split), out_shardings=replicated,
-      donate_argnums=0)
+      donate_argnums=0, compiler_options=xla_options.OPTIONS)
 
   def step(state, batch):
     checks.check_batch(circuit, batch)
@@ -70,7 +71,7 @@ def make_parallel_epoch(circuit: circuit_lib.Circuit,
   epoch = loop.make_epoch(circuit, optimizer, batch_size,
                           diagnostics=diagnostics, batch_sharding=split)
   jitted = jax.jit(epoch, in_shardings=replicated, out_shardings=replicated,
-                   donate_argnums=0)
+                   donate_argnums=0, compiler_options=xla_options.OPTIONS)
   return lambda *args: jax.block_until_ready(jitted(*args))
 
 

@@ -13,7 +13,8 @@ The ``*_factors`` functions return each rule's (post_BxM, pre_BxN) pairs;
 accelerator, products of equal shape run as one batched matrix product: a
 small MLP's step there is bound by how many kernels it launches, not by its
 FLOPs. XLA:CPU runs the batched form slower (measured: RESULTS.md), so on CPU
-every matrix gets its own product (``Circuit.batched_products`` overrides).
+every matrix gets its own product, and so does every member of a vmapped sweep
+(``loop.sweep_circuit``); ``Circuit.batched_products`` overrides both.
 
 ``plasticity`` returns G = -ΔM (decay excluded) with the tree structure of the
 weights, so that it can be fed to any optax chain as if it were a gradient;

@@ -20,6 +20,7 @@ from sal_jax import circuit as circuit_lib
 from sal_jax import diagnostics as diagnostics_lib
 from sal_jax import losses
 from sal_jax import rules
+from sal_jax import xla_options
 
 Array = jax.Array
 Circuit = circuit_lib.Circuit
@@ -94,7 +95,7 @@ def make_step(circuit: Circuit, optimizer: optax.GradientTransformation, *,
   jitted = jax.jit(
       functools.partial(train_step, circuit, optimizer,
                         diagnostics=diagnostics),
-      donate_argnums=0)
+      donate_argnums=0, compiler_options=xla_options.OPTIONS)
 
   def step(state: TrainState, batch: Batch):
     checks.check_batch(circuit, batch)
@@ -126,4 +127,5 @@ def loss_and_correct_sums(circuit: Circuit, weights: Weights,
                     jnp.sum(loss.correct(logits, y))])
 
 
-_eval_sums = jax.jit(loss_and_correct_sums, static_argnums=0)
+_eval_sums = jax.jit(loss_and_correct_sums, static_argnums=0,
+                     compiler_options=xla_options.OPTIONS)

@@ -25,7 +25,8 @@ def test_benchmark_quick_mode_prints_a_table_and_writes_json(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert "| sal |" in result.stdout
   written = json.loads(out.read_text())
-  assert (written["batched"], written["precision"]) == ("auto", "default")
+  assert (written["batched"], written["precision"],
+          written["xla_options"]) == ("auto", "default", "library")
   rows = written["rows"]
   assert [r["method"] for r in rows] == ["backprop", "sal"]
   for row in rows:
@@ -74,8 +75,10 @@ def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   written = {p.stem: json.loads(p.read_text())
              for p in tmp_path.glob("*.json")}
-  assert set(written) == {"default", "sweep64", "sweep64_per_matrix",
+  assert set(written) == {"default", "before", "sweep64", "sweep64_before",
                           "single_knobs"}
-  assert written["sweep64_per_matrix"]["batched"] == "off"
+  for before in ("before", "sweep64_before"):
+    assert (written[before]["batched"],
+            written[before]["xla_options"]) == ("on", "xla")
   assert (written["single_knobs"]["flatten"],
           written["single_knobs"]["unroll"]) == (True, 4)

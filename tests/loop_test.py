@@ -119,3 +119,27 @@ def test_speed_knobs_leave_a_sweep_unchanged(rng):
                               atol=1e-6)
   chex.assert_trees_all_close(run(flatten=False, unroll=1, batched=True),
                               plain, rtol=1e-5, atol=1e-6)
+
+
+def test_sweeps_form_the_rules_products_per_matrix():
+  # Under vmap every product is batched over the members anyway; stacking
+  # equal shapes on top only copies activity (RESULTS.md, "Speed").
+  auto = sj.Circuit(widths=(12, 16, 16, 5), method="sal")
+  assert loop.sweep_circuit(auto, 1) == auto
+  for members in (2, 64):
+    assert loop.sweep_circuit(auto, members).batched_products is False
+  forced = sj.Circuit(widths=(12, 16, 16, 5), method="sal",
+                      batched_products=True)
+  assert loop.sweep_circuit(forced, 64) == forced
+
+
+def test_library_compiler_options_are_known_to_xla_and_change_no_result(rng):
+  # XLA rejects an option it does not know, on every backend: a rename in a
+  # future XLA fails here rather than in a user's run.
+  from sal_jax import xla_options
+  x = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
+  fn = lambda x, w: jnp.tanh(x @ w).T @ x
+  chex.assert_trees_all_close(
+      jax.jit(fn, compiler_options=xla_options.OPTIONS)(x, w),
+      jax.jit(fn)(x, w), rtol=1e-6)

@@ -1,0 +1,195 @@
+r"""Kernels and memory traffic of a training step compiled for a GPU, without one.
+
+    pip install "jax-cuda12-plugin==$JAX_VERSION" "jax-cuda12-pjrt==$JAX_VERSION"
+    python -m experiments.gpu_program [--methods=backprop,sal] [--models=1,4,16,64]
+        [--batched=auto|on|off] [--flatten] [--xla_options=library|xla]
+        [--target=FILE] [--list_kernels=N] [--json=FILE]
+
+XLA:GPU compiles the step of the reference MLP (784-200-200-200-10, batch 256)
+for the GPU that ``--target`` describes (default: an H100,
+``experiments/gpu_targets/h100.txtpb``) through JAX's CUDA plugin, which needs
+no GPU, driver or CUDA libraries. ``--models=1`` is one model as
+``make_step`` compiles it; N > 1 is a vmapped sweep of N, as ``loop.sweep_epoch``
+runs it. Each row gives the compiled step's kernels (launches) and the bytes
+they read and write (``hlo_kernels``), per step and per model.
+
+A measurement of the program, not of its speed: what a GPU step of this small
+MLP costs is mostly its launches (one model) or its memory traffic (many).
+Without a GPU XLA cannot autotune, so it tiles products by its defaults.
+Checked against the H200 (RESULTS.md, "Speed"): compiled here for the H100,
+backprop's step has the 35 kernels and SAL's the 58 (47 with split-K off) that
+the H200 compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+
+from experiments import files
+from experiments import hlo_kernels
+from experiments import reference_mlp
+import sal_jax as sj
+from sal_jax import loop
+from sal_jax import xla_options
+
+_TARGETS = pathlib.Path(__file__).parent / "gpu_targets"
+
+_METHODS = flags.DEFINE_list(
+    "methods", ["backprop", "sal"],
+    f"Rows to compile: any of {list(reference_mlp.CIRCUITS)}.")
+_MODELS = flags.DEFINE_list(
+    "models", ["1", "4", "16", "64"],
+    "Models per program: 1 is one model, N > 1 a vmapped sweep of N.")
+_BATCHED = flags.DEFINE_enum(
+    "batched", "auto", ["auto", "on", "off"], "The rules' equal-shaped "
+    "products as batched products; auto: as on a GPU (batched, except in "
+    "sweeps: loop.sweep_circuit).")
+_FLATTEN = flags.DEFINE_bool("flatten", False, "Run the optimizer on one "
+                             "flattened vector (optim.reference's flatten).")
+_XLA_OPTIONS = flags.DEFINE_enum(
+    "xla_options", "library", ["library", "xla"], "Compiler options: the "
+    "library's (sal_jax.xla_options) or XLA's defaults.")
+_TARGET = flags.DEFINE_string(
+    "target", str(_TARGETS / "h100.txtpb"),
+    "The GPU, as an XLA GpuTargetConfigProto text file.")
+_LIST_KERNELS = flags.DEFINE_integer(
+    "list_kernels", 0, "Also print each row's N kernels that move the most "
+    "bytes.", lower_bound=0)
+_JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
+
+
+def target_device(target_file: pathlib.Path):
+  """A compile-only device for the GPU described in ``target_file``."""
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  try:
+    topology = topologies.get_topology_desc(
+        platform="cuda", topology="1x1x1",
+        target_config=target_file.read_text())
+  except (RuntimeError, NotImplementedError) as e:
+    raise app.UsageError(
+        f"cannot compile for a GPU here ({type(e).__name__}: "
+        f"{str(e).splitlines()[0]}); install JAX's CUDA compiler plugin: "
+        f'pip install "jax-cuda12-plugin=={jax.__version__}" '
+        f'"jax-cuda12-pjrt=={jax.__version__}"') from e
+  return topology.devices[0]
+
+
+def gpu_circuit(circuit: sj.Circuit, models: int) -> sj.Circuit:
+  """The circuit a program of ``models`` models runs on a GPU."""
+  if models > 1:
+    circuit = loop.sweep_circuit(circuit, models)
+  if circuit.batched_products is None:  # as on an accelerator
+    circuit = dataclasses.replace(circuit, batched_products=True)
+  return circuit
+
+
+def compile_step(device, name: str, circuit: sj.Circuit, models: int,
+                 flatten: bool, compiler_options: dict):
+  """The row's step (vmapped over ``models`` if more than one), compiled."""
+  optimizer = sj.reference_optimizer(circuit, flatten=flatten)
+  step = reference_mlp.step_fn(name, circuit, optimizer)
+  key = jax.random.key(0)
+  with jax.default_device(jax.devices("cpu")[0]):  # shapes only
+    if models == 1:
+      state = sj.init_state(key, circuit, optimizer)
+    else:
+      state = loop.init_sweep(jax.random.split(key, models), circuit,
+                              optimizer)
+      step = jax.vmap(step, in_axes=(0, None))
+  batch = (jnp.zeros((reference_mlp.BATCH, reference_mlp.WIDTHS[0])),
+           jnp.zeros((reference_mlp.BATCH,), jnp.int32))
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  shapes = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      (state, batch))
+  jitted = jax.jit(step, donate_argnums=0, compiler_options=compiler_options)
+  return jitted.trace(*shapes).lower(lowering_platforms=("cuda",)).compile()
+
+
+def program_row(device, name: str, models: int) -> dict:
+  """One row: the compiled step's kernels and traffic, or why it failed."""
+  batched = {"auto": None, "on": True, "off": False}[_BATCHED.value]
+  circuit = gpu_circuit(
+      dataclasses.replace(reference_mlp.CIRCUITS[name], batched_products=batched),
+      models)
+  options = xla_options.OPTIONS if _XLA_OPTIONS.value == "library" else {}
+  row = {"method": name, "models": models,
+         "batched_products": circuit.batched_products}
+  try:
+    compiled = compile_step(device, name, circuit, models, _FLATTEN.value,
+                            options)
+  except jax.errors.JaxRuntimeError as e:  # XLA:GPU without autotuning
+    return {**row, "error": str(e).splitlines()[0][:160]}
+  kernels = hlo_kernels.kernels(compiled.as_text())
+  traffic = sum(k.bytes for k in kernels)
+  return {**row, "kernels_per_step": len(kernels),
+          "mb_per_step": traffic / 1e6, "mb_per_step_per_model":
+          traffic / 1e6 / models,
+          "heaviest": [dataclasses.asdict(k) for k in
+                       sorted(kernels, key=lambda k: -k.bytes)
+                       [:_LIST_KERNELS.value]]}
+
+
+def _models():
+  try:
+    models = [int(m) for m in _MODELS.value]
+  except ValueError:
+    models = [0]
+  if any(m < 1 for m in models):
+    raise app.UsageError(
+        f"--models must be positive integers, got {_MODELS.value}")
+  return models
+
+
+def main(argv):
+  del argv
+  # Run on the CPU: the GPU is only compiled for (the CUDA plugin registers
+  # its compiler only when it is not asked to drive a GPU that is absent).
+  jax.config.update("jax_platforms", "cpu")
+  unknown = sorted(set(_METHODS.value) - set(reference_mlp.CIRCUITS))
+  if unknown:
+    raise app.UsageError(
+        f"unknown --methods {unknown}; expected {list(reference_mlp.CIRCUITS)}")
+  models = _models()
+  target = pathlib.Path(_TARGET.value)
+  if not target.is_file():
+    raise app.UsageError(f"--target {target}: no such file")
+  if _JSON.value and not pathlib.Path(_JSON.value).parent.is_dir():
+    raise app.UsageError(f"--json {_JSON.value}: its directory does not exist")
+  device = target_device(target)
+  settings = {"target": target.name, "device": device.device_kind,
+              "jax": jax.__version__, "batched": _BATCHED.value,
+              "flatten": _FLATTEN.value, "xla_options": _XLA_OPTIONS.value}
+  print("# " + ", ".join(f"{k} {v}" for k, v in settings.items()))
+  print("| method | models | rule products | kernels/step | MB/step | "
+        "MB/step per model |")
+  print("|---|---|---|---|---|---|")
+  rows = []
+  for name in _METHODS.value:
+    for m in models:
+      row = program_row(device, name, m)
+      rows.append(row)
+      products = ("" if name == "backprop"  # no rules
+                  else "batched" if row["batched_products"] else "per matrix")
+      cells = (("compile failed: " + row["error"][:60], "", "")
+               if "error" in row else
+               (row["kernels_per_step"], f"{row['mb_per_step']:.1f}",
+                f"{row['mb_per_step_per_model']:.1f}"))
+      print(f"| {name} | {m} | {products} | "
+            + " | ".join(str(c) for c in cells) + " |", flush=True)
+      for k in row.get("heaviest", []):
+        print(f"    {(k['bytes_in'] + k['bytes_out']) / 1e6:9.1f} MB  "
+              f"{k['opcode']:8s} {k['shape'][:44]:44s} {k['source'][-48:]}")
+  if _JSON.value:
+    files.write_json_atomically(pathlib.Path(_JSON.value),
+                                {**settings, "rows": rows})
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,43 @@
+"""XLA options for the library's jitted programs (RESULTS.md, "Speed").
+
+Both options concern how XLA:GPU compiles matrix products; other backends
+ignore them (the CPU program is unchanged), but every backend checks that
+XLA knows them, so a rename in a future XLA fails loudly, on CPU too.
+
+- ``xla_gpu_experimental_force_split_k = 1``: by default XLA compiles each
+  product of this network as padding, partial products over slices of the
+  contraction and a reduction. Off, SAL's step launches 47 kernels instead
+  of 58 and its scanned epoch took 21.4 ms instead of 23.3 on an H200
+  (backprop's 13.5 instead of 14.3; a sweep of 64 unchanged).
+- ``xla_gpu_dot_merger_threshold_mb = 0``: XLA merges products that share an
+  operand into one product over a concatenated copy of the others. In a
+  vmapped sweep those copies are 13% of the step's memory traffic (XLA:GPU's
+  compile for an H100: 2.17 GB per step of 64 SAL members with merging, 1.88
+  GB without, the same 44 kernels); not yet timed on a GPU.
+
+Pass ``compiler_options=OPTIONS`` to ``jax.jit``; ``{}`` gives XLA's defaults.
+``matmul_precision`` checks a float32 matrix-product precision up front.
+"""
+
+import jax
+
+OPTIONS = {
+    "xla_gpu_experimental_force_split_k": 1,
+    "xla_gpu_dot_merger_threshold_mb": 0,
+}
+
+
+def matmul_precision(value: str | None):
+  """``jax.default_matmul_precision(value)``, with ``value`` checked now.
+
+  None or "" is the backend's default (TF32 on recent NVIDIA GPUs); e.g.
+  "highest" is full float32. Raises ValueError naming a value JAX rejects,
+  before anything is traced.
+  """
+  value = value or None
+  try:
+    with jax.default_matmul_precision(value):
+      pass
+  except ValueError as e:
+    raise ValueError(f"{value!r}: {e}") from None
+  return jax.default_matmul_precision(value)

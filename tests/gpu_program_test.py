@@ -1,0 +1,106 @@
+"""Kernels and traffic read from compiled programs; the GPU compile tool."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from experiments import hlo_kernels
+
+ROOT = pathlib.Path(__file__).parents[1]
+HAS_CUDA_PLUGIN = (importlib.util.find_spec("jax_plugins") is not None and
+                   importlib.util.find_spec("jax_plugins.xla_cuda12") is not None)
+
+# A hand-written entry computation in XLA's text format: two parameters, a
+# bitcast (free), a fusion returning a tuple, and a custom call reading a
+# tuple element.
+_HLO = """HloModule m
+
+%fused (p0: f32[8,4], p1: f32[4]) -> (f32[8,4], s32[8]) {
+  ROOT %t = (f32[8,4]{1,0}, s32[8]{0}) tuple(%p0, %p1)
+}
+
+ENTRY %main (x: f32[8,4], b: f32[4]) -> f32[4,8] {
+  %x = f32[8,4]{1,0} parameter(0), metadata={op_name="x"}
+  %b = f32[4]{0} parameter(1)
+  %xb = f32[4,8]{0,1} bitcast(%x)
+  %f = (f32[8,4]{1,0}, s32[8]{0}) fusion(%xb, %b), kind=kLoop, calls=%fused, metadata={op_name="jit(g)/add"}
+  %g = f32[8,4]{1,0} get-tuple-element(%f), index=0
+  ROOT %c = f32[4,8]{1,0} custom-call(%g), custom_call_target="x"
+}
+"""
+
+
+def test_shape_bytes_counts_every_element_of_a_tuple():
+  assert hlo_kernels.shape_bytes("f32[8,4]{1,0}") == 128
+  assert hlo_kernels.shape_bytes("(f32[2]{0}, s32[3]{0}, pred[])") == 21
+  assert hlo_kernels.shape_bytes("bf16[10]{0}") == 20
+
+
+def test_kernels_skip_bookkeeping_and_charge_operands_plus_result():
+  fusion, call = hlo_kernels.kernels(_HLO)
+  assert (fusion.opcode, fusion.source) == ("fusion", "jit(g)/add")
+  assert (fusion.bytes_in, fusion.bytes_out) == (128 + 16, 128 + 32)
+  assert (call.opcode, call.bytes_in, call.bytes_out) == ("custom-call", 128,
+                                                           128)
+
+
+def test_kernels_of_a_real_compiled_program():
+  x = jax.ShapeDtypeStruct((64, 32), jnp.float32)
+  compiled = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(0)).lower(x).compile()
+  kernels = hlo_kernels.kernels(compiled.as_text())
+  assert kernels
+  # Every kernel reads or writes something; the program reads x at least.
+  assert all(k.bytes > 0 for k in kernels)
+  assert sum(k.bytes_in for k in kernels) >= 64 * 32 * 4
+
+
+def test_kernels_refuse_text_that_is_not_hlo():
+  with pytest.raises(ValueError, match="no ENTRY computation"):
+    hlo_kernels.kernels("hello")
+
+
+def _gpu_program(*flags_):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.gpu_program", *flags_],
+      env=dict(env, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+      timeout=280, check=False)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--models=0", "--models must be positive integers"),
+    ("--models=a", "--models must be positive integers"),
+    ("--methods=nope", "unknown --methods ['nope']"),
+    ("--target=/nonexistent.txtpb", "--target /nonexistent.txtpb: no such file"),
+    ("--json=/nonexistent/out.json", "its directory does not exist"),
+])
+def test_gpu_program_refuses_a_bad_flag_before_compiling(flag, message):
+  result = _gpu_program(flag)
+  assert result.returncode != 0
+  assert message in result.stderr
+
+
+@pytest.mark.skipif(HAS_CUDA_PLUGIN, reason="the CUDA plugin is installed")
+def test_gpu_program_without_the_cuda_plugin_says_what_to_install():
+  result = _gpu_program("--models=1", "--methods=sal")
+  assert result.returncode != 0
+  assert f'pip install "jax-cuda12-plugin=={jax.__version__}"' in result.stderr
+
+
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs jax-cuda12-plugin")
+@pytest.mark.timeout(300)
+def test_gpu_program_compiles_sal_for_an_h100(tmp_path):
+  out = tmp_path / "program.json"
+  result = _gpu_program("--models=1,4", "--methods=sal", f"--json={out}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  one, four = json.loads(out.read_text())["rows"]
+  assert (one["batched_products"], four["batched_products"]) == (True, False)
+  assert 0 < one["kernels_per_step"] < 100
+  assert four["mb_per_step"] > one["mb_per_step"] > 0

@@ -84,8 +84,8 @@ def _jit_step(name, circuit, optimizer):
 
 def _epoch_fn(name, circuit, optimizer, unroll):
   """A scanned epoch built on the row's own step function."""
-  return loop.scan_epoch(reference_mlp.step_fn(name, circuit, optimizer), BATCH,
-                         unroll=unroll)
+  step = reference_mlp.step_fn(name, circuit, optimizer)
+  return loop.scan_epoch(step, BATCH, unroll=unroll)
 
 
 def step_ops(compiled) -> list[str]:

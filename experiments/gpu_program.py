@@ -16,9 +16,10 @@ they read and write (``hlo_kernels``), per step and per model.
 A measurement of the program, not of its speed: what a GPU step of this small
 MLP costs is mostly its launches (one model) or its memory traffic (many).
 Without a GPU XLA cannot autotune, so it tiles products by its defaults.
-Checked against the H200 (RESULTS.md, "Speed"): compiled here for the H100,
-backprop's step has the 35 kernels and SAL's the 58 (47 with split-K off) that
-the H200 compiled.
+Checked against the H200 (RESULTS.md, "Speed"): compiled here for the H100
+with the options the H200 ran (``--batched=on --xla_options=xla``), backprop's
+step has the 35 kernels and SAL's the 58 (47 with split-K off) that the H200
+compiled.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pathlib
 from absl import app
 from absl import flags
 import jax
+from jax.experimental import topologies
 import jax.numpy as jnp
 
 from experiments import files
@@ -66,7 +68,6 @@ _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
 
 def target_device(target_file: pathlib.Path):
   """A compile-only device for the GPU described in ``target_file``."""
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   try:
     topology = topologies.get_topology_desc(
         platform="cuda", topology="1x1x1",

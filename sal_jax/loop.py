@@ -35,7 +35,8 @@ def scan_epoch(step: Callable, batch_size: int, *,
   ``lax.scan``: the permutation comes from ``key``, each batch is gathered from
   the uint8 ``images`` and preprocessed inside the scan, and ``metrics`` holds
   one row per step. Not jitted: wrap it in ``jax.jit`` (or ``jax.vmap`` first,
-  for a sweep), donating the state.
+  for a sweep), donating the state; ``compiler_options=xla_options.OPTIONS``
+  compiles it as the library's own programs are.
 
   Args:
     step: any step function, such as ``train.train_step`` bound to a circuit.

@@ -19,6 +19,8 @@ Pass ``compiler_options=OPTIONS`` to ``jax.jit``; ``{}`` gives XLA's defaults.
 ``matmul_precision`` checks a float32 matrix-product precision up front.
 """
 
+from __future__ import annotations
+
 import jax
 
 OPTIONS = {

@@ -382,6 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              multi_label_accuracy=data.multi_label, summary=summary,
              diverged=diverged, device=str(jax.devices()[0].device_kind),
              jax=jax.__version__,
-             matmul_precision=config.matmul_precision or "default")
+             matmul_precision=config.matmul_precision or "default",
+             xla_options=xla_options.OPTIONS)
   files.write_json_atomically(workdir / "results.json", out)
   return out

@@ -13,6 +13,7 @@ import pytest
 
 from experiments import train
 from sal_jax import loop
+from sal_jax import xla_options
 from experiments.configs import (ablation, alignment, digits,
                                  feedback_nonlinearity, lr_grid, modulation,
                                  structure, table1, width_sweep)
@@ -79,7 +80,7 @@ def test_table1_writes_a_row_per_method_and_a_figure(tmp_path, data_dir):
   assert {"table.md", "test_accuracy.png"} <= files
 
 
-def test_matmul_precision_holds_for_every_epoch_and_is_recorded(
+def test_matmul_precision_holds_for_every_epoch_and_compile_settings_are_recorded(
     tmp_path, data_dir, monkeypatch):
   seen = []
   sweep_epoch = loop.sweep_epoch
@@ -94,6 +95,7 @@ def test_matmul_precision_holds_for_every_epoch_and_is_recorded(
   results = train.train_and_evaluate(config, tmp_path)
   assert seen == ["highest", "highest"]
   assert results["matmul_precision"] == "highest"
+  assert results["xla_options"] == xla_options.OPTIONS
   assert jax.config.jax_default_matmul_precision is None  # restored after
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The speed measurements RESULTS.md still lacks, as one run on a GPU machine
-# (six benchmark calls; not yet timed there). Each row of a comparison comes
+# (seven benchmark calls; not yet timed there). Each row of a comparison comes
 # from the same machine in the same call, so the ratios are comparable.
 #
 #   bash experiments/gpu_speed_check.sh OUT_DIR [DATA_DIR] [extra benchmark flags]
@@ -39,4 +39,8 @@ bench single_knobs --methods=backprop,sal --flatten --unroll=4 "$@" \
 # One model with per-matrix rule products: 52 kernels moving 30.9 MB per step
 # in the H100 compile, against 47 and 58.0 batched. Undecided until timed.
 bench single_per_matrix --methods=sal --batched=off "$@" || status=1
+# Compiles, briefly runs: the vmapped sweeps of sgd, fa and kp with per-matrix
+# products, whose 784-wide product the CUDA plugin cannot tile without a GPU
+# to autotune on (experiments/gpu_program.py).
+bench methods_quick --methods=sgd,fa,kp --quick || status=1
 exit "$status"

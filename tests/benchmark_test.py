@@ -76,7 +76,7 @@ def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
   written = {p.stem: json.loads(p.read_text())
              for p in tmp_path.glob("*.json")}
   assert set(written) == {"default", "before", "sweep64", "sweep64_before",
-                          "single_knobs", "single_per_matrix"}
+                          "single_knobs", "single_per_matrix", "methods_quick"}
   for before in ("before", "sweep64_before"):
     assert (written[before]["batched"],
             written[before]["xla_options"]) == ("on", "xla")

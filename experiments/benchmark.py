@@ -33,6 +33,7 @@ import numpy as np
 from experiments import files
 from experiments import hlo_kernels
 from experiments import reference_mlp
+from experiments import speed_flags
 from experiments.reference_mlp import BATCH, CIRCUITS, WIDTHS
 import sal_jax as sj
 from sal_jax import datasets
@@ -51,21 +52,12 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per mode (median).",
 _UNROLL = flags.DEFINE_integer("unroll", 1, "Steps per iteration of the "
                                "scanned loop (lax.scan's unroll).",
                                lower_bound=1)
-_FLATTEN = flags.DEFINE_bool("flatten", False, "Run the optimizer on one "
-                             "flattened vector (optim.reference's flatten).")
 _LIST_OPS = flags.DEFINE_bool(
     "list_ops", False, "Print each row's compiled step, one line per "
     "top-level operation, instead of timing it.")
-_BATCHED = flags.DEFINE_enum(
-    "batched", "auto", ["auto", "on", "off"], "The rules' equal-shaped "
-    "products as batched products (Circuit.batched_products); auto: on "
-    "accelerators, except in sweeps (loop.sweep_circuit).")
 _PRECISION = flags.DEFINE_string(
     "precision", "", "jax.default_matmul_precision for the whole run, e.g. "
     "highest (full float32) or tensorfloat32; empty: the backend's default.")
-_XLA_OPTIONS = flags.DEFINE_enum(
-    "xla_options", "library", ["library", "xla"], "Compiler options of every "
-    "jitted program: the library's (sal_jax.xla_options) or XLA's defaults.")
 _METHODS = flags.DEFINE_list(
     "methods", None, "Rows to run (default all): backprop, sgd, fa, kp, sal, "
     "sal_sqrt5, sal_sqrt8.")
@@ -73,8 +65,8 @@ _METHODS = flags.DEFINE_list(
 def _jit(fn):
   """``fn`` jitted with its first argument (the state) donated, compiled
   with ``--xla_options``."""
-  options = xla_options.OPTIONS if _XLA_OPTIONS.value == "library" else {}
-  return jax.jit(fn, donate_argnums=0, compiler_options=options)
+  return jax.jit(fn, donate_argnums=0,
+                 compiler_options=speed_flags.compiler_options())
 
 
 def _jit_step(name, circuit, optimizer):
@@ -198,7 +190,7 @@ def _ratio(value):
 
 def _circuits(names):
   """The rows' circuits, with ``--batched`` applied."""
-  batched = {"auto": None, "on": True, "off": False}[_BATCHED.value]
+  batched = speed_flags.batched_products()
   return {name: dataclasses.replace(CIRCUITS[name], batched_products=batched)
           for name in names}
 
@@ -237,7 +229,7 @@ def main(argv):
   with _matmul_precision():
     if _LIST_OPS.value:
       for name, circuit in circuits.items():
-        ops = list_ops(name, circuit, _FLATTEN.value)
+        ops = list_ops(name, circuit, speed_flags.FLATTEN.value)
         print(f"## {name}: {len(ops)} operations per step")
         print("\n".join(ops))
       return
@@ -251,8 +243,7 @@ def run_table(circuits):
   sweep = 2 if quick else _SWEEP.value
   repeats = 1 if quick else _REPEATS.value
   device = jax.local_devices()[0]
-  settings = {"unroll": _UNROLL.value, "flatten": _FLATTEN.value,
-              "batched": _BATCHED.value, "xla_options": _XLA_OPTIONS.value,
+  settings = {"unroll": _UNROLL.value, **speed_flags.settings(),
               "precision": _PRECISION.value or "default"}
   print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}, "
         f"{platform.node()}; {data}, {images.shape[0] // BATCH} steps/epoch; "
@@ -266,7 +257,7 @@ def run_table(circuits):
   print("|" + "---|" * (header.count("|") - 1))
   for name, circuit in circuits.items():
     row = bench_row(name, circuit, (images, labels), repeats, sweep,
-                    _UNROLL.value, _FLATTEN.value)
+                    _UNROLL.value, speed_flags.FLATTEN.value)
     reference = [r["scan_ms"] for r in rows if r["method"] == "backprop"]
     row["scan_vs_backprop"] = (row["scan_ms"] / reference[0] if reference
                                else None)

@@ -36,9 +36,9 @@ import jax.numpy as jnp
 from experiments import files
 from experiments import hlo_kernels
 from experiments import reference_mlp
+from experiments import speed_flags
 import sal_jax as sj
 from sal_jax import loop
-from sal_jax import xla_options
 
 _TARGETS = pathlib.Path(__file__).parent / "gpu_targets"
 
@@ -48,15 +48,6 @@ _METHODS = flags.DEFINE_list(
 _MODELS = flags.DEFINE_list(
     "models", ["1", "4", "16", "64"],
     "Models per program: 1 is one model, N > 1 a vmapped sweep of N.")
-_BATCHED = flags.DEFINE_enum(
-    "batched", "auto", ["auto", "on", "off"], "The rules' equal-shaped "
-    "products as batched products; auto: as on a GPU (batched, except in "
-    "sweeps: loop.sweep_circuit).")
-_FLATTEN = flags.DEFINE_bool("flatten", False, "Run the optimizer on one "
-                             "flattened vector (optim.reference's flatten).")
-_XLA_OPTIONS = flags.DEFINE_enum(
-    "xla_options", "library", ["library", "xla"], "Compiler options: the "
-    "library's (sal_jax.xla_options) or XLA's defaults.")
 _TARGET = flags.DEFINE_string(
     "target", str(_TARGETS / "h100.txtpb"),
     "The GPU, as an XLA GpuTargetConfigProto text file.")
@@ -115,16 +106,15 @@ def compile_step(device, name: str, circuit: sj.Circuit, models: int,
 
 def program_row(device, name: str, models: int) -> dict:
   """One row: the compiled step's kernels and traffic, or why it failed."""
-  batched = {"auto": None, "on": True, "off": False}[_BATCHED.value]
-  circuit = gpu_circuit(
-      dataclasses.replace(reference_mlp.CIRCUITS[name], batched_products=batched),
-      models)
-  options = xla_options.OPTIONS if _XLA_OPTIONS.value == "library" else {}
+  circuit = gpu_circuit(dataclasses.replace(
+      reference_mlp.CIRCUITS[name],
+      batched_products=speed_flags.batched_products()), models)
   row = {"method": name, "models": models,
          "batched_products": circuit.batched_products}
   try:
-    compiled = compile_step(device, name, circuit, models, _FLATTEN.value,
-                            options)
+    compiled = compile_step(device, name, circuit, models,
+                            speed_flags.FLATTEN.value,
+                            speed_flags.compiler_options())
   except jax.errors.JaxRuntimeError as e:  # XLA:GPU without autotuning
     return {**row, "error": str(e).splitlines()[0][:160]}
   kernels = hlo_kernels.kernels(compiled.as_text())
@@ -165,8 +155,7 @@ def main(argv):
     raise app.UsageError(f"--json {_JSON.value}: its directory does not exist")
   device = target_device(target)
   settings = {"target": target.name, "device": device.device_kind,
-              "jax": jax.__version__, "batched": _BATCHED.value,
-              "flatten": _FLATTEN.value, "xla_options": _XLA_OPTIONS.value}
+              "jax": jax.__version__, **speed_flags.settings()}
   print("# " + ", ".join(f"{k} {v}" for k, v in settings.items()))
   print("| method | models | rule products | kernels/step | MB/step | "
         "MB/step per model |")

@@ -95,17 +95,19 @@ def step_cost(compiled) -> tuple[float, float]:
   return cost.get("flops", 0.0) / 1e9, cost.get("bytes accessed", 0.0) / 1e6
 
 
-def compile_step(name, circuit, optimizer):
-  """One row's jitted step, compiled for a batch of MNIST's shape."""
+def compile_step(step, circuit, optimizer):
+  """A row's jitted ``step``, compiled for a batch of MNIST's shape (calling
+  ``step`` on such a batch then reuses this compilation)."""
   state = sj.init_state(jax.random.key(0), circuit, optimizer)
   batch = (jnp.zeros((BATCH, WIDTHS[0])), jnp.zeros((BATCH,), jnp.int32))
-  return _jit_step(name, circuit, optimizer).lower(state, batch).compile()
+  return step.lower(state, batch).compile()
 
 
 def list_ops(name, circuit, flatten):
   """``step_ops`` of one row's step."""
   optimizer = sj.reference_optimizer(circuit, flatten=flatten)
-  return step_ops(compile_step(name, circuit, optimizer))
+  return step_ops(compile_step(_jit_step(name, circuit, optimizer), circuit,
+                               optimizer))
 
 
 def _median_time(fn, repeats):
@@ -141,7 +143,7 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll, flatten):
             "states": loop.init_sweep(jax.random.split(key, sweep), circuit,
                                       optimizer)}
   sweep_keys = jax.random.split(key, sweep)
-  compiled = compile_step(name, circuit, optimizer)
+  compiled = compile_step(step, circuit, optimizer)
   gflop, megabytes = step_cost(compiled)
 
   def run_host_loop():

@@ -74,8 +74,7 @@ def target_device(target_file: pathlib.Path):
 
 def gpu_circuit(circuit: sj.Circuit, models: int) -> sj.Circuit:
   """The circuit a program of ``models`` models runs on a GPU."""
-  if models > 1:
-    circuit = loop.sweep_circuit(circuit, models)
+  circuit = loop.sweep_circuit(circuit, models)
   if circuit.batched_products is None:  # as on an accelerator
     circuit = dataclasses.replace(circuit, batched_products=True)
   return circuit

@@ -8,6 +8,7 @@ import numpy as np
 import sal_jax as sj
 from sal_jax import datasets
 from sal_jax import loop
+from sal_jax import xla_options
 
 
 def _data(rng, n=50):
@@ -136,7 +137,6 @@ def test_sweeps_form_the_rules_products_per_matrix():
 def test_library_compiler_options_are_known_to_xla_and_change_no_result(rng):
   # XLA rejects an option it does not know, on every backend: a rename in a
   # future XLA fails here rather than in a user's run.
-  from sal_jax import xla_options
   x = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
   fn = lambda x, w: jnp.tanh(x @ w).T @ x

@@ -6,11 +6,15 @@ r"""Command line for every experiment: an ml_collections config and a workdir.
 
 Any config field can be overridden with --config.field=value. Writes
 config.json, metrics.jsonl (a line per member per epoch), results.json and the
-experiment's figures. Bad settings or missing data exit with status 2 and a
+experiment's figures. Progress goes to stderr: this project's INFO lines and
+every library's warnings (other libraries' INFO lines, such as orbax's
+checkpointing, show with --verbosity=0 or higher). Bad settings or missing data exit with status 2 and a
 one-line reason, before anything is written; a run in which some member
 diverged writes its results (recording the divergence) and exits with status 3.
 """
 
+import logging as std_logging
+import pathlib
 import sys
 
 from absl import app
@@ -18,7 +22,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+import experiments
 from experiments import train
+import sal_jax
 from sal_jax import datasets
 
 _CONFIG = config_flags.DEFINE_config_file("config", None,
@@ -26,11 +32,30 @@ _CONFIG = config_flags.DEFINE_config_file("config", None,
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results are written.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+_OWN_CODE = tuple(str(pathlib.Path(package.__file__).parent)
+                  for package in (experiments, sal_jax))
+
+
+class OwnInfoOnly(std_logging.Filter):
+  """Passes warnings from anywhere, INFO lines from this project's code only."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return (record.levelno >= std_logging.WARNING
+            or record.pathname.startswith(_OWN_CODE))
+
+
+def _set_up_logging() -> None:
+  """INFO for this project's progress lines, unless --verbosity was given."""
+  if flags.FLAGS["verbosity"].present:
+    return
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(OwnInfoOnly())
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
+  _set_up_logging()
   try:
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, datasets.DatasetNotFoundError) as e:

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import checkpoints
 from experiments import train
 from sal_jax import loop
 from sal_jax import xla_options
@@ -241,3 +242,15 @@ def test_cli_runs_and_writes_results(tmp_path, data_dir):
   assert result.returncode == 0, result.stderr[-2000:]
   assert "sal epoch 1/1" in result.stderr  # the progress line
   assert (tmp_path / "results.json").exists()
+
+
+def test_cli_progress_is_not_buried_in_other_libraries_info_lines(
+    tmp_path, data_dir):
+  result = _cli(tmp_path, f"--config.data_dir={data_dir}",
+                "--config.method=sal", "--config.epochs=2",
+                "--config.checkpoint_every=1")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert checkpoints.latest_epoch(
+      checkpoints.cell_directory(tmp_path, "sal")) == 2  # orbax did work
+  lines = result.stderr.splitlines()
+  assert lines and all("] sal epoch " in l for l in lines), lines[:5]

@@ -157,7 +157,10 @@ def sweep_epoch(circuit: Circuit, optimizer: optax.GradientTransformation,
 
   ``states`` is donated: use the returned states. A member that diverges
   (non-finite loss) produces NaNs in its own rows only. ``unroll`` is
-  ``scan_epoch``'s; the rules' products are ``sweep_circuit``'s.
+  ``scan_epoch``'s; the rules' products are ``sweep_circuit``'s. ``circuit``
+  and ``optimizer`` are static (compared by identity for an optimizer): build
+  the optimizer once and pass the same object every epoch, or each call
+  compiles anew.
   """
   return _sweep_epoch(circuit, optimizer, batch_size, diagnostics, unroll,
                       states, keys, images, labels)

@@ -60,9 +60,16 @@ def save(mngr: ocp.CheckpointManager, epoch: int, states: train.TrainState,
 
 def restore_latest(mngr: ocp.CheckpointManager,
                    like: train.TrainState) -> tuple[train.TrainState, dict]:
-  """The newest checkpoint, shaped like ``like``; its metadata."""
+  """The newest checkpoint, shaped and placed like ``like``; its metadata.
+
+  Placed like ``like``: on its devices and split as it is, whatever the
+  devices it was saved from (a sweep may resume on another device count).
+  """
+  target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      _storable(like))
   restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_storable(like)),
+      state=ocp.args.StandardRestore(target),
       meta=ocp.args.JsonRestore()))
   states = restored.state
   return states.replace(key=jax.random.wrap_key_data(states.key)), restored.meta

@@ -28,6 +28,7 @@ from experiments import files
 from experiments import logs
 from sal_jax import datasets
 from sal_jax import loop
+from sal_jax import parallel
 from sal_jax import xla_options
 
 HYPERPARAMS = ("learning_rate", "m_w", "m_w_bar", "m_v", "m_v_bar")
@@ -135,6 +136,10 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
   With ``checkpoint_dir``, saves every ``config.checkpoint_every`` epochs and
   at the end, and resumes from the newest checkpoint found there.
 
+  The members split over ``config.member_devices`` local devices
+  (``parallel.member_mesh``); each computes what it would on one device (see
+  ``parallel`` for when that is bitwise).
+
   Returns:
     ``{"members": [...], "history": [[epoch record, ...] per member],
     "initial": weights of member 0 before training, "final": after,
@@ -149,6 +154,16 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
                            **_member_hyperparams(config, cell.members))
   initial = jax.tree.map(lambda t: np.asarray(t[0]), states.weights)
   n_members = len(cell.members)
+  mesh = parallel.member_mesh(
+      n_members, jax.local_devices()[:config.member_devices or None])
+  if mesh.size > 1:
+    logging.info("%s: %d members split over %d devices", cell.label,
+                 n_members, mesh.size)
+    states, keys = parallel.shard_members((states, keys), mesh)
+    data = dataclasses.replace(data, **{
+        split: parallel.replicate(getattr(data, split), mesh)
+        for split in ("train", "test", "validation")
+        if getattr(data, split) is not None})
   history = [[] for _ in range(n_members)]
   diverged: dict[int, tuple[int, int]] = {}
   first_epoch = 1
@@ -173,13 +188,12 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
         *data.train, diagnostics=config.diagnostics, unroll=config.unroll)
     losses = np.asarray(metrics["loss"])  # blocks: the epoch is done
     seconds = time.perf_counter() - start
-    evals = {"train": loop.sweep_evaluate(circuit, states.weights,
-                                          *data.train),
-             "test": loop.sweep_evaluate(circuit, states.weights, *data.test)}
-    if data.validation is not None:
-      evals["validation"] = loop.sweep_evaluate(circuit, states.weights,
-                                                *data.validation)
-    evals = jax.tree.map(np.asarray, evals)
+    # Each evaluation is read before the next is dispatched: on CPU, a
+    # multi-device program dispatched before the last one finished can hang.
+    evals = {split: jax.tree.map(np.asarray, loop.sweep_evaluate(
+        circuit, states.weights, *getattr(data, split)))
+             for split in ("train", "test", "validation")
+             if getattr(data, split) is not None}
     weights_finite = _all_finite(states.weights)
     newly_diverged = []
     for i, member in enumerate(cell.members):
@@ -299,6 +313,11 @@ def validate_config(config) -> None:
                "validation_size"):
     if config[name] < 0:
       raise ValueError(f"{name} must be non-negative, got {config[name]}")
+  if not 0 <= config.member_devices <= jax.local_device_count():
+    raise ValueError(
+        f"member_devices must be between 0 (all that split the members "
+        f"evenly) and the {jax.local_device_count()} local devices, got "
+        f"{config.member_devices}")
   if any(int(h) <= 0 for h in config.hidden):
     raise ValueError(f"hidden widths must be positive, got {config.hidden}")
   try:
@@ -314,7 +333,7 @@ def matmul_precision(config):
 
 # Settings that may change between a run and its resumption.
 RESUMABLE_CHANGES = ("epochs", "checkpoint_every", "keep_checkpoints",
-                     "data_dir")
+                     "data_dir", "member_devices")
 
 
 def check_workdir(config, workdir: pathlib.Path) -> None:
@@ -381,7 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              data_source=data.source,
              multi_label_accuracy=data.multi_label, summary=summary,
              diverged=diverged, device=str(jax.devices()[0].device_kind),
-             jax=jax.__version__,
+             local_devices=jax.local_device_count(), jax=jax.__version__,
              matmul_precision=config.matmul_precision or "default",
              xla_options=xla_options.OPTIONS)
   files.write_json_atomically(workdir / "results.json", out)

@@ -1,8 +1,16 @@
-"""Data parallelism: weights replicated, each batch split on a "data" axis.
+"""Two ways to use several devices, both ``jax.jit`` with ``NamedSharding``.
 
-Built on ``jax.jit`` with ``NamedSharding``: the rules' batch means become
-cross-device reductions that XLA inserts itself, so the sharded step computes
-the same update as the single-device one.
+Data parallelism (one model): weights replicated, each batch split on a
+"data" axis; the rules' batch means become cross-device reductions that XLA
+inserts itself, so the sharded step computes the same update as the
+single-device one.
+
+Member parallelism (a sweep): the members of a vmapped sweep split on a
+"members" axis, the data replicated. Members never communicate, so each
+device runs its share of ``loop.sweep_epoch`` on its own (the compiled
+program has no collectives) and every member computes what it computes on
+one device: on CPU bitwise when each device holds two or more members, to
+float32 rounding with one (XLA then drops the member axis from the products).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from sal_jax import train
 from sal_jax import xla_options
 
 AXIS = "data"
+MEMBERS = "members"
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -78,3 +87,32 @@ def make_parallel_epoch(circuit: circuit_lib.Circuit,
 def replicate(tree, mesh: Mesh):
   """Places every leaf of ``tree`` on all devices of ``mesh``."""
   return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def member_mesh(members: int,
+                devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A "members" mesh over as many of ``devices`` as split ``members`` evenly.
+
+  The largest such count: 5 members on 8 devices use 5 of them, 64 use 8, and
+  5 on 4 devices use one (members are not padded).
+  """
+  if members < 1:
+    raise ValueError(f"a sweep needs at least one member, got {members}")
+  devices = jax.local_devices() if devices is None else list(devices)
+  count = max(d for d in range(1, len(devices) + 1) if members % d == 0)
+  return Mesh(np.asarray(devices[:count]), (MEMBERS,))
+
+
+def shard_members(tree, mesh: Mesh):
+  """Splits the leading (member) axis of every leaf of ``tree`` over ``mesh``.
+
+  For a sweep's states and PRNG keys; the data it trains on go to every
+  device of the mesh with ``replicate``.
+  """
+  for leaf in jax.tree.leaves(tree):
+    if np.ndim(leaf) == 0 or np.shape(leaf)[0] % mesh.size:
+      raise ValueError(
+          f"cannot split members over {mesh.size} devices: a leaf of shape "
+          f"{np.shape(leaf)} has no leading member axis divisible by "
+          f"{mesh.size}")
+  return jax.device_put(tree, NamedSharding(mesh, P(MEMBERS)))

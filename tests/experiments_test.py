@@ -214,6 +214,7 @@ def _cli(workdir, *overrides):
     ("--config.dataset=imagenet", "unknown dataset 'imagenet'"),
     ("--config.epochs=0", "epochs must be positive"),
     ("--config.unroll=0", "unroll must be positive"),
+    ("--config.member_devices=-1", "member_devices must be between 0"),
     ("--config.matmul_precision=fp7", "bad matmul_precision 'fp7'"),
 ])
 def test_bad_setting_exits_nonzero_with_one_line_and_writes_nothing(

@@ -1,4 +1,4 @@
-"""The data-parallel step equals the single-device step (fake CPU devices)."""
+"""Several devices compute what one does (fake CPU devices, in subprocesses)."""
 
 import os
 import pathlib
@@ -52,11 +52,84 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.timeout(300)
-def test_sharded_step_and_epoch_equal_single_device_on_four_fake_devices():
+MEMBERS_SCRIPT = textwrap.dedent("""
+    import re
+    import chex, jax, jax.numpy as jnp, numpy as np
+    import sal_jax as sj
+    from sal_jax import loop, parallel
+    assert jax.device_count() == 4, jax.devices()
+    assert parallel.member_mesh(8).size == 4
+    assert parallel.member_mesh(6).size == 3  # the most that split 6 evenly
+    assert parallel.member_mesh(5).size == 1
+    circuit = sj.Circuit(widths=(12, 16, 16, 5), method="sal")
+    opt = sj.reference_optimizer(circuit)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 3, 4), dtype=np.uint8)
+    labels = rng.integers(0, 5, 64).astype(np.int32)
+    keys = jax.random.split(jax.random.key(0), 8)
+    rates = jnp.linspace(1e-3, 1e-2, 8)
+
+    def train(mesh=None):
+      states = loop.init_sweep(keys, circuit, opt, learning_rate=rates)
+      data = (jnp.asarray(images), jnp.asarray(labels))
+      member_keys = keys
+      if mesh is not None:
+        states, member_keys = parallel.shard_members((states, keys), mesh)
+        data = parallel.replicate(data, mesh)
+      for epoch in range(2):
+        epoch_keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(
+            member_keys)
+        states, metrics = loop.sweep_epoch(circuit, opt, 8, states,
+                                           epoch_keys, *data)
+        jax.block_until_ready(metrics)
+      scores = jax.block_until_ready(
+          loop.sweep_evaluate(circuit, states.weights, *data))
+      return states, metrics, scores, data, epoch_keys
+
+    one = train()
+    mesh = parallel.member_mesh(8)
+    split = train(mesh)
+    assert len(split[0].weights.w[0].sharding.device_set) == 4
+    results = lambda r: (r[0].weights, r[0].opt_state, r[1], r[2])
+    for a, b in zip(jax.tree.leaves(results(one)),
+                    jax.tree.leaves(results(split))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bitwise
+    program = loop._sweep_epoch.lower(circuit, opt, 8, False, 1, split[0],
+                                      split[4], *split[3]).compile().as_text()
+    found = re.findall(r"all-reduce|all-gather|all-to-all|collective-permute"
+                       r"|reduce-scatter", program)
+    assert not found, found
+    # One member per device: XLA compiles the products without the member
+    # axis, so the bits may differ; the values agree to float32 rounding.
+    keys, rates = keys[:4], rates[:4]
+    one, split = train(), train(parallel.member_mesh(4))
+    chex.assert_trees_all_close(results(one), results(split), rtol=1e-5,
+                                atol=1e-6)
+    try:
+      parallel.shard_members(keys[:3], mesh)
+      raise SystemExit("no error for 3 members on 4 devices")
+    except ValueError as e:
+      assert "cannot split members over 4 devices" in str(e), e
+    print("MEMBERS OK")
+""")
+
+
+def _run_on_four_fake_devices(script):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-  result = subprocess.run([sys.executable, "-c", SCRIPT], env=env,
-                          capture_output=True, text=True, timeout=240,
-                          check=False)
+  return subprocess.run([sys.executable, "-c", script], env=env,
+                        capture_output=True, text=True, timeout=240,
+                        check=False)
+
+
+@pytest.mark.timeout(300)
+def test_sharded_step_and_epoch_equal_single_device_on_four_fake_devices():
+  result = _run_on_four_fake_devices(SCRIPT)
   assert "PARALLEL OK" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_sweep_split_over_member_devices_is_bitwise_one_device_and_silent():
+  """Two members per device: the same bits, and no cross-device traffic."""
+  result = _run_on_four_fake_devices(MEMBERS_SCRIPT)
+  assert "MEMBERS OK" in result.stdout, result.stderr[-3000:]

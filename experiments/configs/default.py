@@ -24,6 +24,8 @@ def get_config(runlocal: bool | str = False) -> ml_collections.ConfigDict:
   c.loss = ""               # "" = softmax CE, or sigmoid CE if multi-label
   c.batch_size = 256
   c.unroll = 1              # steps per iteration of the scanned epoch (speed)
+  c.member_devices = 0      # local devices a cell's members split over: 0 =
+                            # the most that split them evenly, 1 = one device
   c.matmul_precision = ""   # jax.default_matmul_precision; "" = the backend's
                             # default (TF32 on recent NVIDIA GPUs), "highest" =
                             # full float32 as on CPU

@@ -8,9 +8,10 @@ Any config field can be overridden with --config.field=value. Writes
 config.json, metrics.jsonl (a line per member per epoch), results.json and the
 experiment's figures. Progress goes to stderr: this project's INFO lines and
 every library's warnings (other libraries' INFO lines, such as orbax's
-checkpointing, show with --verbosity=0 or higher). Bad settings or missing data exit with status 2 and a
-one-line reason, before anything is written; a run in which some member
-diverged writes its results (recording the divergence) and exits with status 3.
+checkpointing, show with --verbosity=0 or higher). Bad settings or missing
+data exit with status 2 and a one-line reason, before anything is written; a
+run in which some member diverged writes its results (recording the
+divergence) and exits with status 3.
 """
 
 import logging as std_logging

@@ -53,6 +53,12 @@ class Data:
   multi_label: bool
   source: str
 
+  def splits(self) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """The (images, labels) splits this run has, by name."""
+    splits = {"train": self.train, "test": self.test,
+              "validation": self.validation}
+    return {name: split for name, split in splits.items() if split is not None}
+
 
 def load_data(config: ml_collections.ConfigDict) -> Data:
   """Loads the dataset, carves the validation split, puts it on the device."""
@@ -160,10 +166,8 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
     logging.info("%s: %d members split over %d devices", cell.label,
                  n_members, mesh.size)
     states, keys = parallel.shard_members((states, keys), mesh)
-    data = dataclasses.replace(data, **{
-        split: parallel.replicate(getattr(data, split), mesh)
-        for split in ("train", "test", "validation")
-        if getattr(data, split) is not None})
+    data = dataclasses.replace(data,
+                               **parallel.replicate(data.splits(), mesh))
   history = [[] for _ in range(n_members)]
   diverged: dict[int, tuple[int, int]] = {}
   first_epoch = 1
@@ -190,10 +194,9 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
     seconds = time.perf_counter() - start
     # Each evaluation is read before the next is dispatched: on CPU, a
     # multi-device program dispatched before the last one finished can hang.
-    evals = {split: jax.tree.map(np.asarray, loop.sweep_evaluate(
-        circuit, states.weights, *getattr(data, split)))
-             for split in ("train", "test", "validation")
-             if getattr(data, split) is not None}
+    evals = {name: jax.tree.map(np.asarray, loop.sweep_evaluate(
+        circuit, states.weights, *split))
+             for name, split in data.splits().items()}
     weights_finite = _all_finite(states.weights)
     newly_diverged = []
     for i, member in enumerate(cell.members):

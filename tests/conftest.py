@@ -1,5 +1,10 @@
 """Shared test setup: strict numerics, small helpers."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -31,3 +36,18 @@ def write_mnist_npz(directory, num_train, num_test):
            x_test=rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
            y_test=rng.integers(0, 10, num_test))
   return directory
+
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def run_on_four_fake_devices(script, *args, timeout=240):
+  """Runs ``python -c script *args`` where JAX sees 4 CPU devices.
+
+  A subprocess: the device count is fixed when JAX starts.
+  """
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  return subprocess.run([sys.executable, "-c", script, *map(str, args)],
+                        env=env, capture_output=True, text=True,
+                        timeout=timeout, check=False)

@@ -1,14 +1,10 @@
 """Several devices compute what one does (fake CPU devices, in subprocesses)."""
 
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-ROOT = pathlib.Path(__file__).parents[1]
+from tests.conftest import run_on_four_fake_devices
 
 SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, chex
@@ -114,22 +110,14 @@ MEMBERS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run_on_four_fake_devices(script):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-  return subprocess.run([sys.executable, "-c", script], env=env,
-                        capture_output=True, text=True, timeout=240,
-                        check=False)
-
-
 @pytest.mark.timeout(300)
 def test_sharded_step_and_epoch_equal_single_device_on_four_fake_devices():
-  result = _run_on_four_fake_devices(SCRIPT)
+  result = run_on_four_fake_devices(SCRIPT)
   assert "PARALLEL OK" in result.stdout, result.stderr[-3000:]
 
 
 @pytest.mark.timeout(300)
 def test_sweep_split_over_member_devices_is_bitwise_one_device_and_silent():
   """Two members per device: the same bits, and no cross-device traffic."""
-  result = _run_on_four_fake_devices(MEMBERS_SCRIPT)
+  result = run_on_four_fake_devices(MEMBERS_SCRIPT)
   assert "MEMBERS OK" in result.stdout, result.stderr[-3000:]

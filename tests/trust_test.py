@@ -19,6 +19,7 @@ from experiments import logs
 from experiments import train
 from experiments.configs import table1
 
+from tests.conftest import run_on_four_fake_devices
 from tests.conftest import write_mnist_npz
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -262,11 +263,8 @@ def test_run_split_over_devices_and_resumed_across_device_counts_is_bitwise(
   products and rounds differently (parallel_test checks that case to float32
   tolerance).
   """
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-  result = subprocess.run(
-      [sys.executable, "-c", DEVICES_SCRIPT, str(data_dir), str(tmp_path)],
-      env=env, capture_output=True, text=True, timeout=500, check=False)
+  result = run_on_four_fake_devices(DEVICES_SCRIPT, data_dir, tmp_path,
+                                    timeout=500)
   assert "DEVICES OK" in result.stdout, result.stderr[-3000:]
   assert "sal: 8 members split over 4 devices" in result.stderr
   assert "resumed from the checkpoint of epoch 2" in result.stderr

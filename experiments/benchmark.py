@@ -64,7 +64,7 @@ _METHODS = flags.DEFINE_list(
 
 def _jit(fn):
   """``fn`` jitted with its first argument (the state) donated, compiled
-  with ``--xla_options``."""
+  with ``--xla_options`` and ``--xla_option``."""
   return jax.jit(fn, donate_argnums=0,
                  compiler_options=speed_flags.compiler_options())
 
@@ -227,6 +227,7 @@ def main(argv):
     raise app.UsageError(f"unknown --methods {unknown}; expected {list(CIRCUITS)}")
   if _JSON.value and not pathlib.Path(_JSON.value).parent.is_dir():
     raise app.UsageError(f"--json {_JSON.value}: its directory does not exist")
+  speed_flags.check_compiler_options()
   circuits = _circuits(names)
   with _matmul_precision():
     if _LIST_OPS.value:

@@ -3,6 +3,7 @@ r"""Kernels and memory traffic of a training step compiled for a GPU, without on
     pip install "jax-cuda12-plugin==$JAX_VERSION" "jax-cuda12-pjrt==$JAX_VERSION"
     python -m experiments.gpu_program [--methods=backprop,sal] [--models=1,4,16,64]
         [--batched=auto|on|off] [--flatten] [--xla_options=library|xla]
+        [--xla_option=NAME=VALUE ...]
         [--target=FILE] [--list_kernels=N] [--json=FILE]
 
 XLA:GPU compiles the step of the reference MLP (784-200-200-200-10, batch 256)
@@ -152,6 +153,7 @@ def main(argv):
     raise app.UsageError(f"--target {target}: no such file")
   if _JSON.value and not pathlib.Path(_JSON.value).parent.is_dir():
     raise app.UsageError(f"--json {_JSON.value}: its directory does not exist")
+  speed_flags.check_compiler_options()
   device = target_device(target)
   settings = {"target": target.name, "device": device.device_kind,
               "jax": jax.__version__, **speed_flags.settings()}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The speed measurements RESULTS.md still lacks, as one run on a GPU machine
-# (seven benchmark calls; not yet timed there). Each row of a comparison comes
+# (nine benchmark calls; not yet timed there). Each row of a comparison comes
 # from the same machine in the same call, so the ratios are comparable.
 #
 #   bash experiments/gpu_speed_check.sh OUT_DIR [DATA_DIR] [extra benchmark flags]
@@ -43,4 +43,15 @@ bench single_per_matrix --methods=sal --batched=off "$@" || status=1
 # products, whose 784-wide product the CUDA plugin cannot tile without a GPU
 # to autotune on (experiments/gpu_program.py).
 bench methods_quick --methods=sgd,fa,kp --quick || status=1
+# Last, as they may fail: XLA's experimental second gemm-fusion pass, which
+# fuses the copies that stack the batched products' operands into the
+# products (H100 compile of one SAL step: 40 kernels moving 44.4 MB, against
+# 47 and 58.0; backprop 21 against 24). Without a GPU to autotune on, the
+# plugin cannot tile a sweep's products with it, and with --flatten it aborts
+# XLA 0.10.2's compiler, so it runs without flatten, and for 64 members only
+# here, where autotuning may find tiles.
+v2=--xla_option=xla_gpu_experimental_gemm_fusion_v2=true
+bench single_gemm_fusion_v2 --methods=backprop,sal --unroll=4 "$v2" "$@" \
+    || status=1
+bench sweep64_gemm_fusion_v2 --methods=sal --sweep=64 "$v2" "$@" || status=1
 exit "$status"

@@ -1,12 +1,14 @@
 """Flags the speed tools share: how each row's program is built and compiled.
 
 ``benchmark`` (timings) and ``gpu_program`` (a GPU step's kernels and bytes)
-read the same three settings, so that their tables can be compared.
+read the same settings, so that their tables can be compared.
 """
 
 from __future__ import annotations
 
+from absl import app
 from absl import flags
+import jax
 
 from sal_jax import xla_options
 
@@ -19,6 +21,11 @@ FLATTEN = flags.DEFINE_bool("flatten", False, "Run the optimizer on one "
 XLA_OPTIONS = flags.DEFINE_enum(
     "xla_options", "library", ["library", "xla"], "Compiler options of every "
     "jitted program: the library's (sal_jax.xla_options) or XLA's defaults.")
+XLA_OPTION = flags.DEFINE_multi_string(
+    "xla_option", [], "NAME=VALUE: one more XLA compiler option on top of "
+    "--xla_options (repeatable), e.g. "
+    "xla_gpu_experimental_gemm_fusion_v2=true (true/false: booleans; "
+    "numbers: numbers).")
 
 
 def batched_products() -> bool | None:
@@ -26,12 +33,42 @@ def batched_products() -> bool | None:
   return {"auto": None, "on": True, "off": False}[BATCHED.value]
 
 
+def parse_option(text: str) -> tuple[str, bool | int | float | str]:
+  """``"name=value"`` as ``(name, value)``, the value typed for XLA."""
+  name, sep, value = text.partition("=")
+  if not sep or not name or not value:
+    raise app.UsageError(f"--xla_option {text!r}: expected NAME=VALUE")
+  if value.lower() in ("true", "false"):
+    return name, value.lower() == "true"
+  for parse in (int, float):
+    try:
+      return name, parse(value)
+    except ValueError:
+      pass
+  return name, value
+
+
 def compiler_options() -> dict:
-  """``--xla_options`` as ``jax.jit``'s ``compiler_options``."""
-  return dict(xla_options.OPTIONS) if XLA_OPTIONS.value == "library" else {}
+  """``--xla_options`` and ``--xla_option`` as ``jax.jit``'s
+  ``compiler_options``."""
+  options = (dict(xla_options.OPTIONS) if XLA_OPTIONS.value == "library"
+             else {})
+  options.update(parse_option(text) for text in XLA_OPTION.value)
+  return options
+
+
+def check_compiler_options() -> None:
+  """Raises UsageError, before anything runs, if XLA rejects an option."""
+  try:
+    jax.jit(lambda x: x, compiler_options=compiler_options()).lower(
+        0.0).compile()
+  except jax.errors.JaxRuntimeError as e:
+    raise app.UsageError(
+        f"--xla_option: {str(e).splitlines()[0]}") from None
 
 
 def settings() -> dict:
-  """The three settings, as the tools print them and write them to JSON."""
+  """The settings, as the tools print them and write them to JSON."""
   return {"batched": BATCHED.value, "flatten": FLATTEN.value,
-          "xla_options": XLA_OPTIONS.value}
+          "xla_options": XLA_OPTIONS.value,
+          "xla_option": list(XLA_OPTION.value)}

@@ -55,6 +55,9 @@ def test_benchmark_lists_the_compiled_step_operations():
     ("--precision=fp7", "bad --precision 'fp7'"),
     ("--sweep=0", "--sweep=0: 0 is not a positive integer"),
     ("--json=/nonexistent/bench.json", "its directory does not exist"),
+    ("--xla_option=bogus", "--xla_option 'bogus': expected NAME=VALUE"),
+    ("--xla_option=xla_no_such_option=1",
+     "No such compile option: 'xla_no_such_option'"),
 ])
 def test_benchmark_refuses_a_bad_flag_before_running(flag, message):
   result = _benchmark("--list_ops", flag)
@@ -76,9 +79,22 @@ def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
   written = {p.stem: json.loads(p.read_text())
              for p in tmp_path.glob("*.json")}
   assert set(written) == {"default", "before", "sweep64", "sweep64_before",
-                          "single_knobs", "single_per_matrix", "methods_quick"}
+                          "single_knobs", "single_per_matrix", "methods_quick",
+                          "single_gemm_fusion_v2", "sweep64_gemm_fusion_v2"}
   for before in ("before", "sweep64_before"):
     assert (written[before]["batched"],
             written[before]["xla_options"]) == ("on", "xla")
   assert (written["single_knobs"]["flatten"],
           written["single_knobs"]["unroll"]) == (True, 4)
+  for v2 in ("single_gemm_fusion_v2", "sweep64_gemm_fusion_v2"):
+    assert written[v2]["xla_option"] == [
+        "xla_gpu_experimental_gemm_fusion_v2=true"]
+
+
+def test_xla_option_values_are_typed_as_xla_expects():
+  from experiments import speed_flags  # pylint: disable=g-import-not-at-top
+  assert speed_flags.parse_option("xla_a=True") == ("xla_a", True)
+  assert speed_flags.parse_option("xla_a=false") == ("xla_a", False)
+  assert speed_flags.parse_option("xla_a=0") == ("xla_a", 0)
+  assert speed_flags.parse_option("xla_a=0.5") == ("xla_a", 0.5)
+  assert speed_flags.parse_option("xla_a=b=c") == ("xla_a", "b=c")

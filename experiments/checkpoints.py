@@ -58,6 +58,35 @@ def save(mngr: ocp.CheckpointManager, epoch: int, states: train.TrainState,
   shutil.rmtree(pathlib.Path(mngr.directory) / _PRUNED, ignore_errors=True)
 
 
+def _leaf_specs(tree) -> dict[str, tuple]:
+  """Path -> (shape, dtype) of every array, as orbax names the paths."""
+  return {jax.tree_util.keystr(path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_resumable(directory: pathlib.Path, like: train.TrainState) -> None:
+  """Raises ValueError if the newest checkpoint in ``directory`` holds a state
+  of another structure, shape or dtype than ``like`` (a state, or its
+  ``jax.eval_shape``). Reads metadata only, so a run can refuse a workdir
+  before it writes anything."""
+  epoch = latest_epoch(directory)
+  if epoch is None:
+    return
+  mngr = ocp.CheckpointManager(directory.absolute(), item_handlers=dict(
+      state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler()))
+  saved = _leaf_specs(mngr.item_metadata(epoch)["state"].tree)
+  expected = _leaf_specs(ocp.tree.serialize_tree(
+      jax.eval_shape(_storable, like), keep_empty_nodes=True))
+  if saved != expected:
+    differ = sorted(k for k in saved.keys() | expected.keys()
+                    if saved.get(k) != expected.get(k))
+    raise ValueError(
+        f"the checkpoint in {directory} does not hold this run's training "
+        f"state (written by another version of sal_jax?); use a new "
+        f"--workdir. It differs at {', '.join(differ[:3])}"
+        + (f" and {len(differ) - 3} more" if len(differ) > 3 else ""))
+
+
 def restore_latest(mngr: ocp.CheckpointManager,
                    like: train.TrainState) -> tuple[train.TrainState, dict]:
   """The newest checkpoint, shaped and placed like ``like``; its metadata.

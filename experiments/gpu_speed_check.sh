@@ -32,12 +32,12 @@ bench before --methods=backprop,sal --batched=on --xla_options=xla "$@" \
 bench sweep64 --methods=sal --sweep=64 "$@" || status=1
 bench sweep64_before --methods=sal --sweep=64 --batched=on --xla_options=xla \
     "$@" || status=1
-# One model with the remaining single-model knobs on (36 kernels per SAL
-# step in the H100 compile, backprop's default has 35).
+# One model with the remaining single-model knobs on (37 kernels per SAL
+# step in the H100 compile; backprop's default had 35 in GPU run 3).
 bench single_knobs --methods=backprop,sal --flatten --unroll=4 "$@" \
     || status=1
-# One model with per-matrix rule products: 52 kernels moving 30.9 MB per step
-# in the H100 compile, against 47 and 58.0 batched. Undecided until timed.
+# One model with per-matrix rule products: 53 kernels moving 30.9 MB per step
+# in the H100 compile, against 48 and 58.0 batched. Undecided until timed.
 bench single_per_matrix --methods=sal --batched=off "$@" || status=1
 # Compiles, briefly runs: the vmapped sweeps of sgd, fa and kp with per-matrix
 # products, whose 784-wide product the CUDA plugin cannot tile without a GPU
@@ -45,8 +45,8 @@ bench single_per_matrix --methods=sal --batched=off "$@" || status=1
 bench methods_quick --methods=sgd,fa,kp --quick || status=1
 # Last, as they may fail: XLA's experimental second gemm-fusion pass, which
 # fuses the copies that stack the batched products' operands into the
-# products (H100 compile of one SAL step: 40 kernels moving 44.4 MB, against
-# 47 and 58.0; backprop 21 against 24). Without a GPU to autotune on, the
+# products (H100 compile of one SAL step: 41 kernels moving 44.4 MB, against
+# 48 and 58.0; backprop 22 against 25). Without a GPU to autotune on, the
 # plugin cannot tile a sweep's products with it, and with --flatten it aborts
 # XLA 0.10.2's compiler, so it runs without flatten, and for 64 members only
 # here, where autotuning may find tiles.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
 import tensorboardX
 
 TIMING_FIELDS = ("examples_per_second", "epoch_seconds")
@@ -20,27 +21,35 @@ class Logger:
 
   def __init__(self, workdir: pathlib.Path):
     self._file = open(workdir / "metrics.jsonl", "a")
-    self._writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+    self._workdir = workdir
+    self._writer = None  # opened by the first record: a run refused at
+    # restore (a checkpoint of another state's shape) writes no event file
 
   def write(self, cell: str, member: dict, record: dict) -> None:
     self._file.write(json.dumps(dict(cell=cell, **member, **record)) + "\n")
+    if self._writer is None:
+      self._writer = tensorboardX.SummaryWriter(
+          str(self._workdir / "tensorboard"))
     tag = f"{cell}/seed{member['seed']}"
     extra = "".join(f"_{k}{v:g}" for k, v in member.items() if k != "seed")
     for key, value in record.items():
       if isinstance(value, (int, float)) and key != "epoch":
         self._writer.add_scalar(f"{tag}{extra}/{key}", value, record["epoch"])
-      elif isinstance(value, list):
-        for i, v in enumerate(value):
-          self._writer.add_scalar(f"{tag}{extra}/{key}_{i}", v,
+      elif isinstance(value, list):  # one scalar per entry, nested or not
+        for index, v in np.ndenumerate(np.asarray(value, float)):
+          suffix = "_".join(str(i) for i in index)
+          self._writer.add_scalar(f"{tag}{extra}/{key}_{suffix}", v,
                                   record["epoch"])
 
   def flush(self) -> None:
     self._file.flush()
-    self._writer.flush()
+    if self._writer is not None:
+      self._writer.flush()
 
   def close(self) -> None:
     self._file.close()
-    self._writer.close()
+    if self._writer is not None:
+      self._writer.close()
 
 
 def keep_checkpointed_lines(path: pathlib.Path, epochs_by_cell) -> None:

@@ -100,10 +100,12 @@ def matrices(images: dict[str, np.ndarray], ncols: int, title: str,
 
 
 def lines(x, series: dict[str, np.ndarray], xlabel, ylabel, title, path,
-          logx=False) -> None:
+          logx=False, logy=False) -> None:
   fig, ax = plt.subplots(figsize=(5, 3.5))
   for label, y in series.items():
     ax.plot(x, y, "o-", label=label, ms=3)
   if logx:
     ax.set_xscale("symlog", linthresh=min(v for v in x if v > 0))
+  if logy:
+    ax.set_yscale("log")
   _finish(fig, ax, xlabel, ylabel, title, path)

@@ -27,7 +27,9 @@ from experiments import checkpoints
 from experiments import files
 from experiments import logs
 from sal_jax import datasets
+from sal_jax import diagnostics
 from sal_jax import loop
+from sal_jax import optim
 from sal_jax import parallel
 from sal_jax import xla_options
 
@@ -129,10 +131,29 @@ def _all_finite(weights) -> np.ndarray:
       [jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(w)])))(weights))
 
 
+def _clipped_steps(opt_state) -> np.ndarray | None:
+  """Per member: how many updates the global-norm clip has shortened so far
+  (None without a clip)."""
+  clip = optim.clip_statistics(opt_state)
+  return None if clip is None else np.asarray(clip.clipped_steps)
+
+
+# Per member, per level: H = V̄V̄ᵀ's largest and smallest eigenvalue.
+_learned_learning_rates = jax.jit(jax.vmap(diagnostics.learned_learning_rate),
+                                  compiler_options=xla_options.OPTIONS)
+
+
 def _describe(config, cell: Cell, member: dict) -> str:
   hp = _member_hyperparams(config, [member])
   return (f"{cell.label} seed {member['seed']} (method {cell.circuit.method}, "
           + ", ".join(f"{k}={float(v[0]):g}" for k, v in hp.items()) + ")")
+
+
+def initial_states(config, cell: Cell, optimizer):
+  """The members' PRNG keys and their states before training."""
+  keys = jnp.stack([jax.random.key(m["seed"]) for m in cell.members])
+  return keys, loop.init_sweep(keys, cell.circuit, optimizer,
+                               **_member_hyperparams(config, cell.members))
 
 
 def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
@@ -155,9 +176,7 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
   epochs = config.epochs
   circuit = cell.circuit
   optimizer = make_optimizer(config, circuit)
-  keys = jnp.stack([jax.random.key(m["seed"]) for m in cell.members])
-  states = loop.init_sweep(keys, circuit, optimizer,
-                           **_member_hyperparams(config, cell.members))
+  keys, states = initial_states(config, cell, optimizer)
   initial = jax.tree.map(lambda t: np.asarray(t[0]), states.weights)
   n_members = len(cell.members)
   mesh = parallel.member_mesh(
@@ -186,6 +205,7 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
     if len(diverged) == n_members:
       break
     epoch_keys = jax.vmap(lambda k, e=epoch: jax.random.fold_in(k, e))(keys)
+    clipped_before = _clipped_steps(states.opt_state)  # states get donated
     start = time.perf_counter()
     states, metrics = loop.sweep_epoch(
         circuit, optimizer, config.batch_size, states, epoch_keys,
@@ -198,6 +218,9 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
         circuit, states.weights, *split))
              for name, split in data.splits().items()}
     weights_finite = _all_finite(states.weights)
+    h_spectra = (np.asarray(_learned_learning_rates(states.weights))
+                 if config.diagnostics and states.weights.v_bar else None)
+    clipped = _clipped_steps(states.opt_state)
     newly_diverged = []
     for i, member in enumerate(cell.members):
       if i in diverged:
@@ -222,12 +245,17 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
         if "validation" in evals:
           record["validation_accuracy"] = float(
               evals["validation"]["accuracy"][i])
+        if clipped is not None:
+          record["clipped_fraction"] = float(
+              clipped[i] - clipped_before[i]) / steps
         if config.diagnostics:
           record["grad_cosine"] = np.asarray(
               metrics["grad_cosine"][i]).mean(0).tolist()
           for key in ("lemma1_gap", "feedback_angle"):
             if key in metrics:
               record[key] = np.asarray(metrics[key][i][-1]).tolist()
+          if h_spectra is not None:  # [levels, (largest, smallest)]
+            record["learned_learning_rate"] = h_spectra[i].tolist()
       history[i].append(record)
       logger.write(cell.label, member, record)
     logger.flush()
@@ -374,7 +402,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   build_cells, report = plans.PLANS[config.experiment]
   cells = build_cells(config, data)
   for cell in cells:
-    make_optimizer(config, cell.circuit)  # checks the hyperparameters
+    optimizer = make_optimizer(config, cell.circuit)  # checks hyperparameters
+    checkpoints.check_resumable(
+        checkpoints.cell_directory(workdir, cell.label),
+        jax.eval_shape(lambda c=cell, o=optimizer: initial_states(config, c,
+                                                                  o)[1]))
   workdir.mkdir(parents=True, exist_ok=True)
   files.write_json_atomically(workdir / "config.json",
                               json.loads(config.to_json()))

@@ -42,6 +42,21 @@ def lemma1_gap(weights: circuit_lib.Weights) -> Array:
                     for v, v_bar in zip(weights.v, weights.v_bar)])
 
 
+def learned_learning_rate(weights: circuit_lib.Weights) -> Array:
+  """Per level l, the largest and smallest eigenvalue of H = V̄^l (V̄^l)ᵀ.
+
+  The Theorem's learned learning rate: at stationarity ΔW = H·(-∇_W F) - γW.
+  Returns [levels, 2]; the smallest is 0 where V̄^l has fewer columns
+  (downstream neurons) than rows, since H is then singular.
+  """
+  rows = []
+  for v_bar in weights.v_bar:
+    s = jnp.linalg.svd(v_bar, compute_uv=False)  # descending
+    smallest = s[-1] ** 2 if v_bar.shape[1] >= v_bar.shape[0] else 0.0
+    rows.append(jnp.stack([s[0] ** 2, jnp.asarray(smallest, s.dtype)]))
+  return jnp.stack(rows)
+
+
 def feedback_angle(circuit, weights) -> Array | None:
   """Per hidden level k, the angle in degrees between W̄^k and (W^k)ᵀ.
 

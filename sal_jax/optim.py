@@ -12,7 +12,7 @@ matrix gets G = 0 from the rules and no weight decay, so it stays put.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,24 +38,53 @@ def scale_by_family(w, w_bar, v, v_bar) -> optax.GradientTransformation:
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
+class ClipState(NamedTuple):
+  """What the clip has seen: the last update's global norm before clipping,
+  and how many updates it has shortened so far."""
+  update_norm: jax.Array
+  clipped_steps: jax.Array
+
+
 def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
   """``optax.clip_by_global_norm`` with the norm taken in one reduction.
 
   optax reduces every matrix on its own (two kernels each on a GPU, 26 for
   SAL's 13 matrices); here the updates are raveled into one vector, which XLA
   fuses into a single reduction. Same result up to float summation order.
+  Whether the clip binds is part of a rule's dynamics, so the state counts
+  the updates it shortened (``ClipState``; read it with ``clip_statistics``).
+  Counting costs one small kernel per step of one model on a GPU, none in a
+  sweep of 64 (XLA:GPU's compile for an H100, RESULTS.md "Speed").
   """
+
+  def init_fn(params):
+    del params
+    return ClipState(update_norm=jnp.zeros((), jnp.float32),
+                     clipped_steps=jnp.zeros((), jnp.int32))
 
   def update_fn(updates, state, params=None):
     del params
     flat = jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(updates)])
     norm = jnp.sqrt(jnp.sum(flat * flat))
     keep = norm < max_norm
-    return jax.tree.map(
+    clipped = jax.tree.map(
         lambda g: jax.lax.select(keep, g, (g / norm.astype(g.dtype)) * max_norm),
-        updates), state
+        updates)
+    return clipped, ClipState(
+        update_norm=norm.astype(jnp.float32),
+        clipped_steps=state.clipped_steps + (~keep).astype(jnp.int32))
 
-  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def clip_statistics(opt_state) -> ClipState | None:
+  """The ``ClipState`` inside an optimizer state, or None if it has no clip.
+
+  Norms are of G after the family multipliers, before clipping, weight decay,
+  momentum and the learning rate.
+  """
+  found = optax.tree_utils.tree_get_all_with_path(opt_state, "ClipState")
+  return found[0][1] if found else None
 
 
 def _plastic_mask(plastic: Sequence[str]):

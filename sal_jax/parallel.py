@@ -9,8 +9,10 @@ Member parallelism (a sweep): the members of a vmapped sweep split on a
 "members" axis, the data replicated. Members never communicate, so each
 device runs its share of ``loop.sweep_epoch`` on its own (the compiled
 program has no collectives) and every member computes what it computes on
-one device: on CPU bitwise when each device holds two or more members, to
-float32 rounding with one (XLA then drops the member axis from the products).
+one device: on CPU bitwise when each device holds two or more members and
+the gradient clip shortens no update (the clip's norm may be summed in
+another order), to float32 rounding otherwise, and with one member per
+device (XLA then drops the member axis from the products).
 """
 
 from __future__ import annotations

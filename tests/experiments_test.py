@@ -172,6 +172,19 @@ def test_structure_reports_effective_ranks_before_and_after(tmp_path,
   assert "structure_gram.png" in files
 
 
+@pytest.mark.parametrize("clip_norm, fraction", [
+    (1e-9, 1.0),  # every update is longer: every one is shortened
+    (1e9, 0.0),   # none is
+    (0.0, None),  # no clip: nothing to record
+])
+def test_runs_record_the_fraction_of_updates_the_clip_shortened(
+    tmp_path, data_dir, clip_norm, fraction):
+  config = _config(table1, data_dir, method="sal", clip_norm=clip_norm)
+  train.train_and_evaluate(config, tmp_path)
+  for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+    assert json.loads(line).get("clipped_fraction") == fraction
+
+
 def test_alignment_records_cosines_and_lemma1_gap(tmp_path, data_dir):
   config = _config(alignment, data_dir)
   train.train_and_evaluate(config, tmp_path)
@@ -180,8 +193,16 @@ def test_alignment_records_cosines_and_lemma1_gap(tmp_path, data_dir):
     cos = np.asarray(results["summary"][label]["grad_cosine_by_epoch"])
     assert cos.shape == (config.epochs, len(config.hidden) + 1)
     np.testing.assert_allclose(cos[:, -1], 1.0, rtol=1e-4)  # output layer
+    # H = V̄V̄ᵀ per level: largest >= smallest >= 0, every epoch.
+    h = np.asarray(results["summary"][label]["learned_lr_by_epoch"])
+    assert h.shape == (config.epochs, len(config.hidden), 2)
+    assert np.all(h[..., 0] >= h[..., 1]) and np.all(h[..., 1] >= 0)
+    clipped = results["summary"][label]["clipped_fraction_by_epoch"]
+    assert len(clipped) == config.epochs and 0 <= min(clipped) <= max(
+        clipped) <= 1
   assert {"alignment_cosine_reference.png",
-          "alignment_lemma1_gap_lemma_premise.png"} <= files
+          "alignment_lemma1_gap_lemma_premise.png",
+          "alignment_learned_lr_reference.png"} <= files
 
 
 def test_modulation_reports_loss_against_tau(tmp_path, data_dir):

@@ -54,6 +54,9 @@ def test_reference_chain_is_multiplier_clip_decay_then_momentum_sgd(flatten):
     buf = jax.tree.map(lambda b, g: mom * b + g, buf, decayed)
     p_ref = jax.tree.map(lambda p, b: p - lr * b, p_ref, buf)
   chex.assert_trees_all_close(params, p_ref, rtol=1e-5, atol=1e-7)
+  clip_state = optim.clip_statistics(state)  # found inside the chain
+  np.testing.assert_allclose(clip_state.update_norm, norm, rtol=1e-6)
+  assert int(clip_state.clipped_steps) == 3  # norm > clip at every step
 
 
 @pytest.mark.parametrize("flatten", [False, True])
@@ -109,6 +112,23 @@ def test_lemma1_gap_is_zero_for_transposed_pairs_and_angle_zero_for_tied():
       wide, sj.init_weights(jax.random.key(0), wide)) is None
 
 
+@pytest.mark.parametrize("ratio", [0.5, 1.0, 2.0])
+def test_learned_learning_rate_is_the_spectrum_of_v_bar_v_bar_transposed(
+    ratio):
+  circuit = sj.Circuit(widths=(6, 8, 10, 4), ratio=ratio)
+  weights = sj.init_weights(jax.random.key(0), circuit)
+  spectrum = diagnostics.learned_learning_rate(weights)
+  chex.assert_shape(spectrum, (len(weights.v_bar), 2))
+  for (largest, smallest), v_bar in zip(spectrum, weights.v_bar):
+    h = np.asarray(v_bar, np.float64) @ np.asarray(v_bar, np.float64).T
+    eigenvalues = np.linalg.eigvalsh(h)
+    np.testing.assert_allclose(largest, eigenvalues[-1], rtol=1e-4)
+    np.testing.assert_allclose(smallest, max(eigenvalues[0], 0.0), rtol=1e-3,
+                               atol=1e-6)
+    # H is singular exactly when the downstream level is the narrower one.
+    assert (smallest == 0) == (v_bar.shape[1] < v_bar.shape[0])
+
+
 def test_gradient_cosine_is_one_for_backprop_and_not_for_random_feedback(rng):
   batch = random_batch(rng, 16, 6, 4)
   for method, expect_one in (("sgd", True), ("fa", False)):
@@ -128,6 +148,26 @@ def test_one_reduction_clip_equals_optax_clip_by_global_norm(rng):
       sj.init_weights(jax.random.key(0), circuit))
   norm = float(optax.tree.norm(updates))
   for max_norm in (0.5 * norm, 2.0 * norm):  # clipped, then untouched
-    ours, _ = optim.clip_by_global_norm(max_norm).update(updates, None)
+    clip = optim.clip_by_global_norm(max_norm)
+    ours, _ = clip.update(updates, clip.init(updates))
     theirs, _ = optax.clip_by_global_norm(max_norm).update(updates, None)
     chex.assert_trees_all_close(ours, theirs, rtol=1e-6)
+
+
+def test_clip_state_keeps_the_norm_and_counts_the_updates_it_shortened(rng):
+  circuit = sj.Circuit(widths=(6, 8, 9, 4), method="sal")
+  updates = jax.tree.map(
+      lambda m: jnp.asarray(rng.standard_normal(m.shape), jnp.float32),
+      sj.init_weights(jax.random.key(0), circuit))
+  norm = float(optax.tree.norm(updates))
+  clip = optim.clip_by_global_norm(1.5 * norm)
+  state = clip.init(updates)
+  for scale in (1.0, 2.0, 0.5, 3.0):  # kept, shortened, kept, shortened
+    _, state = clip.update(jax.tree.map(lambda g, s=scale: s * g, updates),
+                           state)
+    np.testing.assert_allclose(state.update_norm, scale * norm, rtol=1e-5)
+  assert int(state.clipped_steps) == 2
+  assert isinstance(optim.clip_statistics(
+      sj.reference_optimizer(circuit).init(updates)), optim.ClipState)
+  assert optim.clip_statistics(
+      sj.reference_optimizer(circuit, clip_norm=None).init(updates)) is None

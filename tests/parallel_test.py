@@ -50,7 +50,7 @@ SCRIPT = textwrap.dedent("""
 
 MEMBERS_SCRIPT = textwrap.dedent("""
     import re
-    import chex, jax, jax.numpy as jnp, numpy as np
+    import chex, jax, jax.numpy as jnp, numpy as np, optax
     import sal_jax as sj
     from sal_jax import loop, parallel
     assert jax.device_count() == 4, jax.devices()
@@ -65,7 +65,7 @@ MEMBERS_SCRIPT = textwrap.dedent("""
     keys = jax.random.split(jax.random.key(0), 8)
     rates = jnp.linspace(1e-3, 1e-2, 8)
 
-    def train(mesh=None):
+    def train(mesh=None, opt=opt):
       states = loop.init_sweep(keys, circuit, opt, learning_rate=rates)
       data = (jnp.asarray(images), jnp.asarray(labels))
       member_keys = keys
@@ -86,10 +86,22 @@ MEMBERS_SCRIPT = textwrap.dedent("""
     mesh = parallel.member_mesh(8)
     split = train(mesh)
     assert len(split[0].weights.w[0].sharding.device_set) == 4
-    results = lambda r: (r[0].weights, r[0].opt_state, r[1], r[2])
+    # Bitwise while the clip lets every update through; the norm it records
+    # is summed in an order that depends on the members a device holds.
+    clip_one = sj.optim.clip_statistics(one[0].opt_state)
+    clip_split = sj.optim.clip_statistics(split[0].opt_state)
+    assert int(clip_one.clipped_steps.sum()) == 0
+    chex.assert_trees_all_close(clip_one, clip_split, rtol=1e-6)
+    results = lambda r: (r[0].weights, optax.tree_utils.tree_set(
+        r[0].opt_state, update_norm=None), r[1], r[2])
     for a, b in zip(jax.tree.leaves(results(one)),
                     jax.tree.leaves(results(split))):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bitwise
+    # A clip that shortens every update: float32-close, not bitwise.
+    tight = sj.reference_optimizer(circuit, clip_norm=0.05)
+    chex.assert_trees_all_close(results(train(opt=tight)),
+                                results(train(mesh, opt=tight)),
+                                rtol=1e-5, atol=1e-6)
     program = loop._sweep_epoch.lower(circuit, opt, 8, False, 1, split[0],
                                       split[4], *split[3]).compile().as_text()
     found = re.findall(r"all-reduce|all-gather|all-to-all|collective-permute"

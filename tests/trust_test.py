@@ -193,6 +193,33 @@ def test_workdir_of_another_experiment_is_refused_before_writing(tmp_path,
   assert (tmp_path / "config.json").read_text() == before
 
 
+def test_checkpoint_of_another_state_shape_is_refused_and_nothing_changes(
+    tmp_path, data_dir):
+  first = _cli(tmp_path, data_dir, "--config.epochs=1",
+               "--config.checkpoint_every=1")
+  assert first.returncode == 0, first.stderr[-2000:]
+  # A newer checkpoint whose optimizer state has another structure, as one
+  # written by another version of the library would (here: no clip state).
+  config = _config(data_dir)
+  data = train.load_data(config)
+  circuit = train.make_circuit(config, data)
+  other = train.loop.init_sweep(
+      jax.numpy.stack([jax.random.key(0)]), circuit,
+      train.sj.reference_optimizer(circuit, clip_norm=None))
+  checkpoints.save(
+      checkpoints.manager(checkpoints.cell_directory(tmp_path, "sal"), 2), 2,
+      other, dict(history=[[]], diverged={}))
+  snapshot = lambda: {p: p.read_bytes() for p in tmp_path.rglob("*")
+                      if p.is_file()}
+  before = snapshot()
+  again = _cli(tmp_path, data_dir, "--config.epochs=3",
+               "--config.checkpoint_every=1")
+  assert again.returncode == 2
+  assert "does not hold this run's training state" in again.stderr
+  assert str(checkpoints.cell_directory(tmp_path, "sal")) in again.stderr
+  assert snapshot() == before
+
+
 @pytest.mark.parametrize("override, message", [
     ("--config.learning_rate=-0.1", "learning_rate must be non-negative"),
     ("--config.weight_decay=-1", "weight_decay must be non-negative"),

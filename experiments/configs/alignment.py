@@ -1,4 +1,6 @@
-r"""Alignment over training: cos(ΔW_SAL, -∇_W F) per layer and the Lemma-1 gap.
+r"""Alignment over training: cos(ΔW_SAL, -∇_W F) per layer, the Lemma-1 gap,
+the learned learning rate H = V̄V̄ᵀ (its extreme eigenvalues, per level) and
+how often the global-norm clip shortens the update.
 
     python -m experiments.main --config=experiments/configs/alignment.py \
         --config.dataset=mnist --config.data_dir=../shared/datasets \

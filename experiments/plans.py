@@ -344,7 +344,7 @@ def alignment_report(config, data, results, run, workdir):
   for label, r in results.items():
     cos = _per_epoch(r, "grad_cosine")  # [members, epochs, layers]
     gap = _per_epoch(r, "lemma1_gap")
-    h = _per_epoch(r, "learned_learning_rate")  # [..., levels, 2]
+    learned_lr = _per_epoch(r, "learned_learning_rate")  # [..., levels, 2]
     epochs = np.arange(1, cos.shape[1] + 1)
     slug = label.replace(" ", "_")
     plots.lines(epochs, {f"W{l}": cos[:, :, l].mean(0)
@@ -356,14 +356,14 @@ def alignment_report(config, data, results, run, workdir):
                          for k in range(gap.shape[2])}, "epoch",
                 "‖V - V̄ᵀ‖ / ‖V‖", f"{config.dataset}, {label}: Lemma-1 gap",
                 workdir / f"alignment_lemma1_gap_{slug}.png")
-    plots.lines(epochs, {f"V̄{l}": h[:, :, l, 0].mean(0)
-                         for l in range(h.shape[2])}, "epoch",
+    plots.lines(epochs, {f"V̄{l}": learned_lr[:, :, l, 0].mean(0)
+                         for l in range(learned_lr.shape[2])}, "epoch",
                 "largest eigenvalue of H = V̄V̄ᵀ",
                 f"{config.dataset}, {label}: learned learning rate",
                 workdir / f"alignment_learned_lr_{slug}.png", logy=True)
     summary[label] = dict(grad_cosine_by_epoch=cos.mean(0).tolist(),
                           lemma1_gap_by_epoch=gap.mean(0).tolist(),
-                          learned_lr_by_epoch=h.mean(0).tolist(),
+                          learned_lr_by_epoch=learned_lr.mean(0).tolist(),
                           accuracy=train.summarize(r))
     if config.clip_norm > 0:
       summary[label]["clipped_fraction_by_epoch"] = _per_epoch(

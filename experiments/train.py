@@ -218,7 +218,7 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
         circuit, states.weights, *split))
              for name, split in data.splits().items()}
     weights_finite = _all_finite(states.weights)
-    h_spectra = (np.asarray(_learned_learning_rates(states.weights))
+    learned_lr = (np.asarray(_learned_learning_rates(states.weights))
                  if config.diagnostics and states.weights.v_bar else None)
     clipped = _clipped_steps(states.opt_state)
     newly_diverged = []
@@ -254,8 +254,8 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
           for key in ("lemma1_gap", "feedback_angle"):
             if key in metrics:
               record[key] = np.asarray(metrics[key][i][-1]).tolist()
-          if h_spectra is not None:  # [levels, (largest, smallest)]
-            record["learned_learning_rate"] = h_spectra[i].tolist()
+          if learned_lr is not None:  # [levels, (largest, smallest)]
+            record["learned_learning_rate"] = learned_lr[i].tolist()
       history[i].append(record)
       logger.write(cell.label, member, record)
     logger.flush()

@@ -141,12 +141,19 @@ def test_gradient_cosine_is_one_for_backprop_and_not_for_random_feedback(rng):
     assert np.allclose(cos, 1.0, atol=1e-5) == expect_one, cos
 
 
-def test_one_reduction_clip_equals_optax_clip_by_global_norm(rng):
-  circuit = sj.Circuit(widths=(6, 8, 9, 4), method="sal")
+_CLIP_CIRCUIT = sj.Circuit(widths=(6, 8, 9, 4), method="sal")
+
+
+def _random_updates(rng):
+  """Updates shaped like the weights of ``_CLIP_CIRCUIT``, and their norm."""
   updates = jax.tree.map(
       lambda m: jnp.asarray(rng.standard_normal(m.shape), jnp.float32),
-      sj.init_weights(jax.random.key(0), circuit))
-  norm = float(optax.tree.norm(updates))
+      sj.init_weights(jax.random.key(0), _CLIP_CIRCUIT))
+  return updates, float(optax.tree.norm(updates))
+
+
+def test_one_reduction_clip_equals_optax_clip_by_global_norm(rng):
+  updates, norm = _random_updates(rng)
   for max_norm in (0.5 * norm, 2.0 * norm):  # clipped, then untouched
     clip = optim.clip_by_global_norm(max_norm)
     ours, _ = clip.update(updates, clip.init(updates))
@@ -155,11 +162,7 @@ def test_one_reduction_clip_equals_optax_clip_by_global_norm(rng):
 
 
 def test_clip_state_keeps_the_norm_and_counts_the_updates_it_shortened(rng):
-  circuit = sj.Circuit(widths=(6, 8, 9, 4), method="sal")
-  updates = jax.tree.map(
-      lambda m: jnp.asarray(rng.standard_normal(m.shape), jnp.float32),
-      sj.init_weights(jax.random.key(0), circuit))
-  norm = float(optax.tree.norm(updates))
+  updates, norm = _random_updates(rng)
   clip = optim.clip_by_global_norm(1.5 * norm)
   state = clip.init(updates)
   for scale in (1.0, 2.0, 0.5, 3.0):  # kept, shortened, kept, shortened
@@ -168,6 +171,6 @@ def test_clip_state_keeps_the_norm_and_counts_the_updates_it_shortened(rng):
     np.testing.assert_allclose(state.update_norm, scale * norm, rtol=1e-5)
   assert int(state.clipped_steps) == 2
   assert isinstance(optim.clip_statistics(
-      sj.reference_optimizer(circuit).init(updates)), optim.ClipState)
-  assert optim.clip_statistics(
-      sj.reference_optimizer(circuit, clip_norm=None).init(updates)) is None
+      sj.reference_optimizer(_CLIP_CIRCUIT).init(updates)), optim.ClipState)
+  assert optim.clip_statistics(sj.reference_optimizer(
+      _CLIP_CIRCUIT, clip_norm=None).init(updates)) is None

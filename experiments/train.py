@@ -201,11 +201,12 @@ def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
       logging.info("%s: resumed from the checkpoint of epoch %d", cell.label,
                    meta["epoch"])
   steps = data.train[0].shape[0] // config.batch_size
+  clipped = _clipped_steps(states.opt_state)  # read now: states get donated
   for epoch in range(first_epoch, epochs + 1):
     if len(diverged) == n_members:
       break
     epoch_keys = jax.vmap(lambda k, e=epoch: jax.random.fold_in(k, e))(keys)
-    clipped_before = _clipped_steps(states.opt_state)  # states get donated
+    clipped_before = clipped
     start = time.perf_counter()
     states, metrics = loop.sweep_epoch(
         circuit, optimizer, config.batch_size, states, epoch_keys,

@@ -103,9 +103,9 @@ def compile_step(step, circuit, optimizer):
   return step.lower(state, batch).compile()
 
 
-def list_ops(name, circuit, flatten):
+def list_ops(name, circuit):
   """``step_ops`` of one row's step."""
-  optimizer = sj.reference_optimizer(circuit, flatten=flatten)
+  optimizer = sj.reference_optimizer(circuit)
   return step_ops(compile_step(_jit_step(name, circuit, optimizer), circuit,
                                optimizer))
 
@@ -125,8 +125,8 @@ def _peak_memory():
   return stats.get("peak_bytes_in_use")
 
 
-def bench_row(name, circuit, host_data, repeats, sweep, unroll, flatten):
-  optimizer = sj.reference_optimizer(circuit, flatten=flatten)
+def bench_row(name, circuit, host_data, repeats, sweep, unroll):
+  optimizer = sj.reference_optimizer(circuit)
   host_images, host_labels = host_data
   images, labels = jax.device_put(host_images), jax.device_put(host_labels)
   n = images.shape[0]
@@ -174,7 +174,7 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll, flatten):
   return {"method": name, "steps": steps,
           "ops_per_step": len(step_ops(compiled)),
           "gflop_per_step": gflop, "mb_per_step": megabytes,
-          "unroll": unroll, "flatten": flatten,
+          "unroll": unroll,
           "host_loop_ms": 1e3 * t_host_loop,
           "loop_ms": 1e3 * t_loop, "scan_ms": 1e3 * t_scan,
           "sweep_ms": 1e3 * t_sweep, "sweep_size": sweep,
@@ -232,7 +232,7 @@ def main(argv):
   with _matmul_precision():
     if _LIST_OPS.value:
       for name, circuit in circuits.items():
-        ops = list_ops(name, circuit, speed_flags.FLATTEN.value)
+        ops = list_ops(name, circuit)
         print(f"## {name}: {len(ops)} operations per step")
         print("\n".join(ops))
       return
@@ -260,7 +260,7 @@ def run_table(circuits):
   print("|" + "---|" * (header.count("|") - 1))
   for name, circuit in circuits.items():
     row = bench_row(name, circuit, (images, labels), repeats, sweep,
-                    _UNROLL.value, speed_flags.FLATTEN.value)
+                    _UNROLL.value)
     reference = [r["scan_ms"] for r in rows if r["method"] == "backprop"]
     row["scan_vs_backprop"] = (row["scan_ms"] / reference[0] if reference
                                else None)

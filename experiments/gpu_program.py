@@ -2,7 +2,7 @@ r"""Kernels and memory traffic of a training step compiled for a GPU, without on
 
     pip install "jax-cuda12-plugin==$JAX_VERSION" "jax-cuda12-pjrt==$JAX_VERSION"
     python -m experiments.gpu_program [--methods=backprop,sal] [--models=1,4,16,64]
-        [--batched=auto|on|off] [--flatten] [--xla_options=library|xla]
+        [--batched=auto|on|off] [--xla_options=library|xla]
         [--xla_option=NAME=VALUE ...]
         [--target=FILE] [--list_kernels=N] [--json=FILE]
 
@@ -82,9 +82,9 @@ def gpu_circuit(circuit: sj.Circuit, models: int) -> sj.Circuit:
 
 
 def compile_step(device, name: str, circuit: sj.Circuit, models: int,
-                 flatten: bool, compiler_options: dict):
+                 compiler_options: dict):
   """The row's step (vmapped over ``models`` if more than one), compiled."""
-  optimizer = sj.reference_optimizer(circuit, flatten=flatten)
+  optimizer = sj.reference_optimizer(circuit)
   step = reference_mlp.step_fn(name, circuit, optimizer)
   key = jax.random.key(0)
   with jax.default_device(jax.devices("cpu")[0]):  # shapes only
@@ -113,7 +113,6 @@ def program_row(device, name: str, models: int) -> dict:
          "batched_products": circuit.batched_products}
   try:
     compiled = compile_step(device, name, circuit, models,
-                            speed_flags.FLATTEN.value,
                             speed_flags.compiler_options())
   except jax.errors.JaxRuntimeError as e:  # XLA:GPU without autotuning
     return {**row, "error": str(e).splitlines()[0][:160]}

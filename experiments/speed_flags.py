@@ -16,8 +16,6 @@ BATCHED = flags.DEFINE_enum(
     "batched", "auto", ["auto", "on", "off"], "The rules' equal-shaped "
     "products as batched products (Circuit.batched_products); auto: on "
     "accelerators, except in sweeps (loop.sweep_circuit).")
-FLATTEN = flags.DEFINE_bool("flatten", False, "Run the optimizer on one "
-                            "flattened vector (optim.reference's flatten).")
 XLA_OPTIONS = flags.DEFINE_enum(
     "xla_options", "library", ["library", "xla"], "Compiler options of every "
     "jitted program: the library's (sal_jax.xla_options) or XLA's defaults.")
@@ -69,6 +67,5 @@ def check_compiler_options() -> None:
 
 def settings() -> dict:
   """The settings, as the tools print them and write them to JSON."""
-  return {"batched": BATCHED.value, "flatten": FLATTEN.value,
-          "xla_options": XLA_OPTIONS.value,
+  return {"batched": BATCHED.value, "xla_options": XLA_OPTIONS.value,
           "xla_option": list(XLA_OPTION.value)}

@@ -33,6 +33,8 @@ from sal_jax import optim
 from sal_jax import parallel
 from sal_jax import xla_options
 
+# What a cell's member may set besides its seed, as logged; the four family
+# multipliers reach the optimizer as one [4] array (``optim.reference``).
 HYPERPARAMS = ("learning_rate", "m_w", "m_w_bar", "m_v", "m_v_bar")
 
 
@@ -116,13 +118,22 @@ def seed_members(config, first_seed: int | None = None, **hyperparams):
   return [dict(seed=first + i, **hyperparams) for i in range(config.seeds)]
 
 
-def _member_hyperparams(config, members):
-  """Stacked per-member hyperparameters, defaults from the config."""
+def _member_values(config, members):
+  """Per member, each of ``HYPERPARAMS`` ([N] arrays), defaults from the
+  config."""
   m = tuple(config.multipliers)
   defaults = dict(learning_rate=config.learning_rate, m_w=m[0], m_w_bar=m[1],
                   m_v=m[2], m_v_bar=m[3])
   return {k: jnp.asarray([mem.get(k, defaults[k]) for mem in members],
                          jnp.float32) for k in HYPERPARAMS}
+
+
+def _member_hyperparams(config, members):
+  """The members' optimizer hyperparameters, stacked: ``learning_rate`` [N]
+  and ``multipliers`` [N, 4]."""
+  value = _member_values(config, members)
+  return {"learning_rate": value["learning_rate"],
+          "multipliers": jnp.stack([value[k] for k in HYPERPARAMS[1:]], 1)}
 
 
 def _all_finite(weights) -> np.ndarray:
@@ -144,7 +155,7 @@ _learned_learning_rates = jax.jit(jax.vmap(diagnostics.learned_learning_rate),
 
 
 def _describe(config, cell: Cell, member: dict) -> str:
-  hp = _member_hyperparams(config, [member])
+  hp = _member_values(config, [member])
   return (f"{cell.label} seed {member['seed']} (method {cell.circuit.method}, "
           + ", ".join(f"{k}={float(v[0]):g}" for k, v in hp.items()) + ")")
 

@@ -45,8 +45,9 @@ def test_sweep_members_equal_separate_runs_with_their_own_hyperparams(rng):
   lrs = jnp.array([0.01, 0.05, 0.0])
   m_v_bars = jnp.array([4.0, 1.0, 2.0])
   decays = jnp.array([1e-3, 0.0, 0.1])
+  multipliers = jnp.array([(1.0, 0.2, 1.0, m) for m in m_v_bars])
   states = loop.init_sweep(keys, circuit, opt, learning_rate=lrs,
-                           m_v_bar=m_v_bars, weight_decay=decays)
+                           multipliers=multipliers, weight_decay=decays)
   epoch_keys = jax.random.split(jax.random.key(1), 3)
   states, metrics = loop.sweep_epoch(circuit, opt, 8, states, epoch_keys,
                                      images, labels)
@@ -97,29 +98,25 @@ def test_in_jit_evaluation_counts_the_last_partial_batch(rng):
 
 
 def test_speed_knobs_leave_a_sweep_unchanged(rng):
-  # flatten (one vector through clip, decay, momentum), scan unroll and
-  # batched rule products change how the sweep is compiled, not what it
-  # computes.
+  # Scan unroll and batched rule products change how the sweep is compiled,
+  # not what it computes.
   images, labels = _data(rng)
   keys = jax.random.split(jax.random.key(0), 2)
   epoch_keys = jax.random.split(jax.random.key(1), 2)
   lrs = jnp.array([0.01, 0.05])
 
-  def run(flatten, unroll, batched=False):
+  def run(unroll, batched=False):
     circuit = sj.Circuit(widths=(12, 16, 16, 5), method="sal",
                          batched_products=batched)
-    opt = sj.reference_optimizer(circuit, flatten=flatten)
+    opt = sj.reference_optimizer(circuit)
     states = loop.init_sweep(keys, circuit, opt, learning_rate=lrs)
     return loop.sweep_epoch(circuit, opt, 8, states, epoch_keys, images,
                             labels, unroll=unroll)[0].weights
 
-  plain = run(flatten=False, unroll=1)
-  chex.assert_trees_all_close(run(flatten=True, unroll=1), plain, rtol=1e-5,
+  plain = run(unroll=1)
+  chex.assert_trees_all_close(run(unroll=3), plain, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(run(unroll=1, batched=True), plain, rtol=1e-5,
                               atol=1e-6)
-  chex.assert_trees_all_close(run(flatten=False, unroll=3), plain, rtol=1e-5,
-                              atol=1e-6)
-  chex.assert_trees_all_close(run(flatten=False, unroll=1, batched=True),
-                              plain, rtol=1e-5, atol=1e-6)
 
 
 def test_sweeps_form_the_rules_products_per_matrix():

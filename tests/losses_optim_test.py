@@ -30,14 +30,13 @@ def test_multi_label_accuracy_is_mean_per_label_accuracy():
   np.testing.assert_allclose(loss.correct(logits, targets), [0.5])
 
 
-@pytest.mark.parametrize("flatten", [False, True])
-def test_reference_chain_is_multiplier_clip_decay_then_momentum_sgd(flatten):
+def test_reference_chain_is_multiplier_clip_decay_then_momentum_sgd():
   circuit = sj.Circuit(widths=(3, 4, 2), method="sal")
   lr, mom, wd, clip = 0.1, 0.9, 0.01, 0.5
   mult = (1.0, 0.2, 1.0, 4.0)
   opt = sj.reference_optimizer(circuit, learning_rate=lr, momentum=mom,
                                weight_decay=wd, clip_norm=clip,
-                               multipliers=mult, flatten=flatten)
+                               multipliers=mult)
   params = sj.init_weights(jax.random.key(0), circuit)
   grads = jax.tree.map(jnp.ones_like, params)
   state = opt.init(params)
@@ -59,11 +58,9 @@ def test_reference_chain_is_multiplier_clip_decay_then_momentum_sgd(flatten):
   assert int(clip_state.clipped_steps) == 3  # norm > clip at every step
 
 
-@pytest.mark.parametrize("flatten", [False, True])
-def test_frozen_families_get_neither_updates_nor_weight_decay(rng, flatten):
+def test_frozen_families_get_neither_updates_nor_weight_decay(rng):
   circuit = sj.Circuit(widths=(6, 8, 9, 4), method="sal", plastic=("v",))
-  opt = sj.reference_optimizer(circuit, learning_rate=0.1, weight_decay=0.5,
-                               flatten=flatten)
+  opt = sj.reference_optimizer(circuit, learning_rate=0.1, weight_decay=0.5)
   state = sj.init_state(jax.random.key(0), circuit, opt)
   before = jax.tree.map(np.array, state.weights)
   step = sj.make_step(circuit, opt)
@@ -82,6 +79,36 @@ def test_learning_rate_lives_in_the_optimizer_state_and_can_be_changed(rng):
   before = jax.tree.map(np.array, state.weights)
   state, _ = sj.make_step(circuit, opt)(state, random_batch(rng, 4, 6, 4))
   chex.assert_trees_all_equal(state.weights, before)
+
+
+def test_family_multipliers_are_one_hyperparameter_of_four_entries(rng):
+  circuit = sj.Circuit(widths=(6, 8, 8, 4), method="sal")
+  opt = sj.reference_optimizer(circuit)
+  state = sj.init_state(jax.random.key(0), circuit, opt)
+  chex.assert_trees_all_equal(state.opt_state.hyperparams["multipliers"],
+                              jnp.asarray(optim.REFERENCE_MULTIPLIERS))
+  # V̄'s entry at zero (and no decay): V̄ stays, the other families move.
+  state = state.replace(opt_state=optim.with_hyperparams(
+      state.opt_state, multipliers=(1.0, 0.2, 1.0, 0.0), weight_decay=0.0))
+  before = jax.tree.map(np.array, state.weights)
+  state, _ = sj.make_step(circuit, opt)(state, random_batch(rng, 4, 6, 4))
+  chex.assert_trees_all_equal(state.weights.v_bar, before.v_bar)
+  for family in ("w", "w_bar", "v"):
+    assert not np.allclose(getattr(state.weights, family)[0],
+                           getattr(before, family)[0]), family
+  with pytest.raises(ValueError, match=r"multipliers has shape \(4,\)"):
+    optim.with_hyperparams(state.opt_state, multipliers=4.0)
+
+
+def test_a_donated_state_leaves_the_optimizer_able_to_init_again(rng):
+  circuit = sj.Circuit(widths=(6, 8, 4), method="sal")
+  opt = sj.reference_optimizer(circuit)
+  step = sj.make_step(circuit, opt)
+  step(sj.init_state(jax.random.key(0), circuit, opt),
+       random_batch(rng, 4, 6, 4))  # donates that state's arrays
+  state, metrics = step(sj.init_state(jax.random.key(1), circuit, opt),
+                        random_batch(rng, 4, 6, 4))
+  chex.assert_tree_all_finite((state.weights, metrics))
 
 
 def test_any_optax_transformation_can_replace_the_reference_chain(rng):

@@ -66,14 +66,11 @@ def outer_means(pairs: Sequence[tuple[Array, Array]],
                 batched: bool = True) -> list[Array]:
   """Batch means of post ⊗ pre for every pair, batched by shape if asked.
 
-  When batched, a product whose transpose has the shape of another is formed
-  transposed (M x N and N x M share one batched product, then it is flipped).
+  (A product is never formed transposed to share another's batch: XLA:GPU
+  then copies it back to its matrix's layout, which costs more kernels than
+  the shared product saves; RESULTS.md, "Speed".)
   """
-  flip = [batched and post.shape[1] < pre.shape[1] for post, pre in pairs]
-  oriented = [(pre, post) if f else (post, pre)
-              for (post, pre), f in zip(pairs, flip)]
-  return [m.T if f else m
-          for m, f in zip(_batched(_outer_mean, oriented, batched), flip)]
+  return _batched(_outer_mean, pairs, batched)
 
 
 def _matmuls_t(pairs: Sequence[tuple[Array, Array]],

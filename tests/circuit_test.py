@@ -219,12 +219,12 @@ def test_batched_rules_equal_the_per_matrix_rules(rng, method, ratio):
                               rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("ratio, batched_products", [(1.0, 5), (2.0, 8)])
+@pytest.mark.parametrize("ratio, batched_products", [(1.0, 6), (2.0, 9)])
 def test_batched_sal_rules_need_a_handful_of_matrix_products(
     rng, ratio, batched_products):
   # Per matrix: 6 relays through V, V̄ and 13 outer products. Batched by shape:
-  # the relays as 2 products; the outer products as 3 at ratio 1 (W^0's, the
-  # ten square ones, ΔW^3 with ΔW̄^3ᵀ) or 6 at ratio 2. On a GPU a step of a
+  # the relays as 2 products; the outer products as 4 at ratio 1 (W^0's, the
+  # ten square ones, W^3's, W̄^3's) or 7 at ratio 2. On a GPU a step of a
   # small MLP is bound by such kernel counts.
   rules, args = _rules(rng, "sal", ratio)
   assert _matrix_products(rules(False), *args) == 19

@@ -68,27 +68,42 @@ def test_benchmark_refuses_a_bad_flag_before_running(flag, message):
 @pytest.mark.timeout(400)
 def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
   # The script is for a lent GPU's few minutes: a flag it passes that the
-  # benchmark no longer knows must fail here, not there.
+  # benchmark no longer knows must fail here, not there. (This tree stands in
+  # for the baseline tree.)
   result = subprocess.run(
       ["bash", str(ROOT / "experiments" / "gpu_speed_check.sh"),
-       str(tmp_path), str(tmp_path / "no_data"), "--quick", "--methods=sal"],
-      cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT),
+       str(tmp_path / "out"), str(tmp_path / "no_data"), "--quick",
+       "--methods=sal"],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), BASELINE=str(ROOT),
                          JAX_PLATFORMS="cpu"),
       capture_output=True, text=True, timeout=380, check=False)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   written = {p.stem: json.loads(p.read_text())
-             for p in tmp_path.glob("*.json")}
+             for p in (tmp_path / "out").glob("*.json")}
   assert set(written) == {"default", "before", "sweep64", "sweep64_before",
-                          "single_knobs", "single_per_matrix", "methods_quick",
-                          "single_gemm_fusion_v2", "sweep64_gemm_fusion_v2"}
-  for before in ("before", "sweep64_before"):
-    assert (written[before]["batched"],
-            written[before]["xla_options"]) == ("on", "xla")
-  assert (written["single_knobs"]["flatten"],
-          written["single_knobs"]["unroll"]) == (True, 4)
+                          "single_unroll4", "single_per_matrix",
+                          "methods_quick", "single_gemm_fusion_v2",
+                          "sweep64_gemm_fusion_v2"}
+  assert written["single_unroll4"]["unroll"] == 4
+  assert written["single_per_matrix"]["batched"] == "off"
   for v2 in ("single_gemm_fusion_v2", "sweep64_gemm_fusion_v2"):
     assert written[v2]["xla_option"] == [
         "xla_gpu_experimental_gemm_fusion_v2=true"]
+
+
+def test_gpu_speed_check_script_skips_the_baseline_without_one(tmp_path):
+  # An unknown method makes every benchmark call fail at once: only the
+  # script's own handling of a missing BASELINE is under test.
+  result = subprocess.run(
+      ["bash", str(ROOT / "experiments" / "gpu_speed_check.sh"),
+       str(tmp_path), str(tmp_path / "no_data"), "--methods=none"],
+      cwd=ROOT, env={k: v for k, v in dict(
+          os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu").items()
+                     if k != "BASELINE"},
+      capture_output=True, text=True, timeout=380, check=False)
+  assert result.returncode == 1
+  assert "before: skipped (no BASELINE)" in result.stdout, result.stdout
+  assert "sweep64_before: skipped (no BASELINE)" in result.stdout
 
 
 def test_xla_option_values_are_typed_as_xla_expects():

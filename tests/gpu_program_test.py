@@ -96,11 +96,14 @@ def test_gpu_program_without_the_cuda_plugin_says_what_to_install():
 
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs jax-cuda12-plugin")
 @pytest.mark.timeout(300)
-def test_gpu_program_compiles_sal_for_an_h100(tmp_path):
+def test_gpu_program_compiles_one_sal_step_for_an_h100_in_few_kernels(
+    tmp_path):
   out = tmp_path / "program.json"
   result = _gpu_program("--models=1,4", "--methods=sal", f"--json={out}")
   assert result.returncode == 0, result.stderr[-2000:]
   one, four = json.loads(out.read_text())["rows"]
   assert (one["batched_products"], four["batched_products"]) == (True, False)
-  assert 0 < one["kernels_per_step"] < 100
+  # jax 0.10.2 compiles one step to 35 kernels; 48 when its equally shaped
+  # updates were not fused into one (RESULTS.md, "Speed").
+  assert 0 < one["kernels_per_step"] <= 40
   assert four["mb_per_step"] > one["mb_per_step"] > 0

@@ -25,17 +25,13 @@ bench() {  # name [benchmark flags]: this tree's benchmark
       --json="$out/$name.json" "$@" 2>"$out/$name.log" | tee "$out/$name.md"
 }
 
-bench_baseline() {  # name [benchmark flags]: the BASELINE tree's benchmark
-  local name=$1
-  shift
+bench_baseline() {  # name [benchmark flags]: bench in the BASELINE tree
   if [[ -z "${BASELINE:-}" ]]; then
-    echo "== $name: skipped (no BASELINE)"
+    echo "== $1: skipped (no BASELINE)"
     return 0
   fi
-  echo "== $name (BASELINE=$BASELINE): $*"
-  (cd "$BASELINE" && PYTHONPATH="$BASELINE" python3 -m experiments.benchmark \
-      --data_dir="$data" --repeats=3 --json="$out/$name.json" "$@" \
-      2>"$out/$name.log") | tee "$out/$name.md"
+  echo "== $1 from BASELINE=$BASELINE"
+  (cd "$BASELINE" && export PYTHONPATH="$BASELINE" && bench "$@")
 }
 
 # The library's defaults against the code GPU run 3 timed, same machine. In

@@ -34,8 +34,10 @@ from sal_jax import parallel
 from sal_jax import xla_options
 
 # What a cell's member may set besides its seed, as logged; the four family
-# multipliers reach the optimizer as one [4] array (``optim.reference``).
-HYPERPARAMS = ("learning_rate", "m_w", "m_w_bar", "m_v", "m_v_bar")
+# multipliers (W, W̄, V, V̄) reach the optimizer as one [4] array
+# (``optim.reference``).
+MULTIPLIERS = ("m_w", "m_w_bar", "m_v", "m_v_bar")
+HYPERPARAMS = ("learning_rate", *MULTIPLIERS)
 
 
 @dataclasses.dataclass
@@ -121,9 +123,8 @@ def seed_members(config, first_seed: int | None = None, **hyperparams):
 def _member_values(config, members):
   """Per member, each of ``HYPERPARAMS`` ([N] arrays), defaults from the
   config."""
-  m = tuple(config.multipliers)
-  defaults = dict(learning_rate=config.learning_rate, m_w=m[0], m_w_bar=m[1],
-                  m_v=m[2], m_v_bar=m[3])
+  defaults = dict(learning_rate=config.learning_rate,
+                  **dict(zip(MULTIPLIERS, config.multipliers)))
   return {k: jnp.asarray([mem.get(k, defaults[k]) for mem in members],
                          jnp.float32) for k in HYPERPARAMS}
 
@@ -133,7 +134,7 @@ def _member_hyperparams(config, members):
   and ``multipliers`` [N, 4]."""
   value = _member_values(config, members)
   return {"learning_rate": value["learning_rate"],
-          "multipliers": jnp.stack([value[k] for k in HYPERPARAMS[1:]], 1)}
+          "multipliers": jnp.stack([value[k] for k in MULTIPLIERS], 1)}
 
 
 def _all_finite(weights) -> np.ndarray:

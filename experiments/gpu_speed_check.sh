@@ -3,11 +3,12 @@
 # (nine benchmark calls; not yet timed there). Each comparison's rows come from
 # the same machine in the same call, so their ratios are comparable.
 #
-#   [BASELINE=DIR] bash experiments/gpu_speed_check.sh OUT_DIR [DATA_DIR] [benchmark flags]
+#   [BASELINE=DIR] [CALL_TIMEOUT=S] bash experiments/gpu_speed_check.sh OUT_DIR [DATA_DIR] [benchmark flags]
 #
 # BASELINE: a copy of the code GPU run 3 timed, made with
 #   mkdir -p DIR && git archive c17079f | tar -x -C DIR
 # Its two comparisons are timed from there; without BASELINE they are skipped.
+# CALL_TIMEOUT: seconds after which one benchmark call is stopped (default: none).
 # Writes OUT_DIR/<name>.md (the table), <name>.json (the rows) and <name>.log.
 # A comparison that fails does not stop the others; the exit status says so.
 set -euo pipefail
@@ -20,8 +21,8 @@ status=0
 bench() {  # name [benchmark flags]: this tree's benchmark
   local name=$1
   shift
-  echo "== $name: $*"
-  python3 -m experiments.benchmark --data_dir="$data" --repeats=3 \
+  echo "== $name: $* (at ${SECONDS} s)"
+  timeout "${CALL_TIMEOUT:-0}" python3 -m experiments.benchmark --data_dir="$data" --repeats=3 \
       --json="$out/$name.json" "$@" 2>"$out/$name.log" | tee "$out/$name.md"
 }
 
@@ -31,7 +32,8 @@ bench_baseline() {  # name [benchmark flags]: bench in the BASELINE tree
     return 0
   fi
   echo "== $1 from BASELINE=$BASELINE"
-  (cd "$BASELINE" && export PYTHONPATH="$BASELINE" && bench "$@")
+  (cd "$BASELINE" && export PYTHONPATH="$BASELINE${PYTHONPATH:+:$PYTHONPATH}" \
+      && bench "$@")
 }
 
 # The library's defaults against the code GPU run 3 timed, same machine. In
@@ -61,4 +63,5 @@ v2=--xla_option=xla_gpu_experimental_gemm_fusion_v2=true
 bench single_gemm_fusion_v2 --methods=backprop,sal --unroll=4 "$v2" "$@" \
     || status=1
 bench sweep64_gemm_fusion_v2 --methods=sal --sweep=64 "$v2" "$@" || status=1
+echo "== done (at ${SECONDS} s)"
 exit "$status"

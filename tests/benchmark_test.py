@@ -113,3 +113,32 @@ def test_xla_option_values_are_typed_as_xla_expects():
   assert speed_flags.parse_option("xla_a=0") == ("xla_a", 0)
   assert speed_flags.parse_option("xla_a=0.5") == ("xla_a", 0.5)
   assert speed_flags.parse_option("xla_a=b=c") == ("xla_a", "b=c")
+
+
+def test_profile_busy_time_counts_overlapping_kernels_once():
+  from experiments import gpu_profile  # pylint: disable=g-import-not-at-top
+  ms = 1_000_000  # ns
+  kernels = [("a", 0, 10 * ms), ("b", 5 * ms, 10 * ms), ("a", 30 * ms, 5 * ms),
+             ("c", 31 * ms, 2 * ms)]
+  assert gpu_profile.busy_ns(kernels) == 20 * ms  # [0, 15) and [30, 35)
+  table = gpu_profile.summary("sal, one model", 0.040, kernels,
+                              ["/device:GPU:0/Stream #1 (4)"], steps=2, top=2)
+  assert table.startswith(
+      "## sal, one model: 40.0 ms wall, 35.0 ms from first kernel to last, "
+      "20.0 ms busy, 15.0 ms gaps; 2.0 kernels/step, 10000.0 us busy/step")
+  assert "| a | 1.00 | 7500.00 | 75.0% |" in table  # 2 launches, 15 ms
+  assert "| b | 0.50 | 5000.00 | 50.0% |" in table
+  assert "| c |" not in table  # only the top 2
+
+
+@pytest.mark.timeout(300)
+def test_profile_runs_and_says_when_the_backend_records_no_kernels():
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.gpu_profile", "--quick",
+       "--methods=sal"],
+      env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
+      capture_output=True, text=True, timeout=280, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "## sal, one model:" in result.stdout
+  assert "## sal, sweep of 2:" in result.stdout
+  assert "no device kernels traced" in result.stdout

@@ -1,0 +1,150 @@
+r"""Where a scanned epoch's device time goes: one epoch under JAX's profiler.
+
+    python -m experiments.gpu_profile --data_dir=DIR [--methods=backprop,sal]
+        [--sweep=64] [--top=15] [benchmark flags]
+
+For each row, one scanned epoch of one model and one of a vmapped sweep are
+traced (after a warm-up) and the device's kernel events summed: "busy" is the
+time at least one kernel ran, "gaps" the rest of the span from the first
+kernel to the last (launch and scheduling), then the kernels that took most
+time, per step. Takes the benchmark's flags (``--methods``, ``--sweep``,
+``--unroll``, ``--batched``, ``--xla_option`` ...). Needs a backend whose
+profiler records device kernels (CUDA); elsewhere it says there were none.
+"""
+
+from __future__ import annotations
+
+import collections
+import pathlib
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import jax
+
+from experiments import benchmark
+from experiments import speed_flags
+from experiments.reference_mlp import BATCH
+import sal_jax as sj
+from sal_jax import loop
+
+_TOP = flags.DEFINE_integer("top", 15, "Kernels listed per program.",
+                            lower_bound=1)
+
+
+def device_kernels(xplane_file: pathlib.Path):
+  """(name, start ns, duration ns) of every kernel a trace's device planes
+  hold, from their stream lines (not the derived per-op lines, which would
+  count each kernel twice), and the lines read, as "plane/line (events)"."""
+  profile = jax.profiler.ProfileData.from_file(str(xplane_file))
+  kernels, read = [], []
+  for plane in profile.planes:
+    if not plane.name.startswith("/device:"):
+      continue
+    lines = [line for line in plane.lines if line.name.startswith("Stream")]
+    for line in lines or list(plane.lines):
+      events = [(e.name, e.start_ns, e.duration_ns) for e in line.events]
+      read.append(f"{plane.name}/{line.name} ({len(events)})")
+      kernels += events
+  return kernels, read
+
+
+def busy_ns(kernels) -> float:
+  """Length of the union of the kernels' intervals."""
+  total, end = 0.0, float("-inf")
+  for _, start, duration in sorted(kernels, key=lambda k: k[1]):
+    stop = start + duration
+    if stop > end:
+      total += stop - max(start, end)
+      end = stop
+  return total
+
+
+def trace(run):
+  """Wall seconds of ``run()`` under the profiler, its device kernels and
+  the trace lines they came from (``device_kernels``)."""
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      start = time.perf_counter()
+      run()
+      wall = time.perf_counter() - start
+    found = sorted(pathlib.Path(trace_dir).rglob("*.xplane.pb"))
+    return (wall, *device_kernels(found[0])) if found else (wall, [], [])
+
+
+def summary(label, wall, kernels, lines, steps, top) -> str:
+  """A program's trace as a few lines of Markdown."""
+  if not kernels:
+    return f"## {label}: {1e3 * wall:.1f} ms wall; no device kernels traced\n"
+  span = (max(s + d for _, s, d in kernels) - min(s for _, s, _ in kernels))
+  busy = busy_ns(kernels)
+  lines = [f"## {label}: {1e3 * wall:.1f} ms wall, {span / 1e6:.1f} ms from "
+           f"first kernel to last, {busy / 1e6:.1f} ms busy, "
+           f"{(span - busy) / 1e6:.1f} ms gaps; {len(kernels) / steps:.1f} "
+           f"kernels/step, {busy / 1e3 / steps:.1f} us busy/step", "",
+           "Trace lines read: " + ", ".join(lines), "",
+           "| kernel | per step | us/step | share of busy |",
+           "|---|---|---|---|"]
+  count, total = collections.Counter(), collections.Counter()
+  for name, _, duration in kernels:
+    count[name] += 1
+    total[name] += duration
+  for name, ns in total.most_common(top):
+    lines.append(f"| {name[:70]} | {count[name] / steps:.2f} | "
+                 f"{ns / 1e3 / steps:.2f} | {ns / busy:.1%} |")
+  return "\n".join(lines) + "\n"
+
+
+def profile_row(name, circuit, images, labels, sweep, unroll, top):
+  """Traces one scanned epoch of one model and of ``sweep`` models."""
+  optimizer = sj.reference_optimizer(circuit)
+  images, labels = jax.device_put(images), jax.device_put(labels)
+  steps = images.shape[0] // BATCH
+  key = jax.random.key(0)
+  epoch = benchmark._jit(benchmark._epoch_fn(name, circuit, optimizer, unroll))  # pylint: disable=protected-access
+  sweep_epoch = benchmark._jit(jax.vmap(  # pylint: disable=protected-access
+      benchmark._epoch_fn(name, loop.sweep_circuit(circuit, sweep),  # pylint: disable=protected-access
+                          optimizer, unroll), in_axes=(0, 0, None, None)))
+  holder = {"state": sj.init_state(key, circuit, optimizer),
+            "states": loop.init_sweep(jax.random.split(key, sweep), circuit,
+                                      optimizer)}
+  sweep_keys = jax.random.split(key, sweep)
+
+  def run_scan():
+    holder["state"] = jax.block_until_ready(
+        epoch(holder["state"], key, images, labels)[0])
+
+  def run_sweep():
+    holder["states"] = jax.block_until_ready(
+        sweep_epoch(holder["states"], sweep_keys, images, labels)[0])
+
+  out = []
+  for label, run in ((f"{name}, one model", run_scan),
+                     (f"{name}, sweep of {sweep}", run_sweep)):
+    run()  # compile and warm up
+    run()
+    out.append(summary(label, *trace(run), steps, top))
+    print(out[-1], flush=True)
+  return out
+
+
+def main(argv):
+  del argv
+  names = benchmark._METHODS.value or ["backprop", "sal"]  # pylint: disable=protected-access
+  speed_flags.check_compiler_options()
+  circuits = benchmark._circuits(names)  # pylint: disable=protected-access
+  images, labels, data = benchmark._load_images(benchmark._QUICK.value)  # pylint: disable=protected-access
+  sweep = 2 if benchmark._QUICK.value else benchmark._SWEEP.value  # pylint: disable=protected-access
+  device = jax.local_devices()[0]
+  print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}; "
+        f"{data}; unroll {benchmark._UNROLL.value}, "  # pylint: disable=protected-access
+        + ", ".join(f"{k} {v}" for k, v in speed_flags.settings().items()))
+  with benchmark._matmul_precision():  # pylint: disable=protected-access
+    for name, circuit in circuits.items():
+      profile_row(name, circuit, images, labels, sweep,
+                  benchmark._UNROLL.value, _TOP.value)  # pylint: disable=protected-access
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -7,7 +7,9 @@ and the circuit's sgd, fa, kp and sal (downstream width ratio 1, √5, √8), ea
 run four ways: a Python loop over the jitted step fed from host memory by
 ``datasets.iterate`` (the usual per-step loop), the same loop fed batches
 already on the device (dispatch cost only), one scanned epoch, and a vmapped
-sweep of 16 models. Times are medians over repeats after a warm-up. "ops/step"
+sweep of 16 models (each shuffling the data its own way, or with
+``--sweep_order=shared`` all in one order, as ``loop.sweep_epoch`` does given
+one key). Times are medians over repeats after a warm-up. "ops/step"
 counts the top-level operations of the compiled step (fusions, matrix-product
 library calls, copies): on a GPU each is a kernel launch, which is what a step
 of this small MLP costs; ``--list_ops`` prints them. "GFLOP/step" and
@@ -52,6 +54,10 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per mode (median).",
 _UNROLL = flags.DEFINE_integer("unroll", 1, "Steps per iteration of the "
                                "scanned loop (lax.scan's unroll).",
                                lower_bound=1)
+_SWEEP_ORDER = flags.DEFINE_enum(
+    "sweep_order", "own", ["own", "shared"], "The sweep's data order: each "
+    "member its own shuffle (seeds), or one shared by all (a grid over "
+    "hyperparameters on one seed).")
 _LIST_OPS = flags.DEFINE_bool(
     "list_ops", False, "Print each row's compiled step, one line per "
     "top-level operation, instead of timing it.")
@@ -136,13 +142,14 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll):
   batches = [datasets.preprocess(images[i], labels[i]) for i in idx]
   step = _jit_step(name, circuit, optimizer)
   epoch = _jit(_epoch_fn(name, circuit, optimizer, unroll))
+  shared = _SWEEP_ORDER.value == "shared"
   sweep_epoch = _jit(jax.vmap(
       _epoch_fn(name, loop.sweep_circuit(circuit, sweep), optimizer, unroll),
-      in_axes=(0, 0, None, None)))
+      in_axes=(0, None if shared else 0, None, None)))
   holder = {"state": sj.init_state(key, circuit, optimizer),
             "states": loop.init_sweep(jax.random.split(key, sweep), circuit,
                                       optimizer)}
-  sweep_keys = jax.random.split(key, sweep)
+  sweep_keys = key if shared else jax.random.split(key, sweep)
   compiled = compile_step(step, circuit, optimizer)
   gflop, megabytes = step_cost(compiled)
 
@@ -246,7 +253,8 @@ def run_table(circuits):
   sweep = 2 if quick else _SWEEP.value
   repeats = 1 if quick else _REPEATS.value
   device = jax.local_devices()[0]
-  settings = {"unroll": _UNROLL.value, **speed_flags.settings(),
+  settings = {"unroll": _UNROLL.value, "sweep_order": _SWEEP_ORDER.value,
+              **speed_flags.settings(),
               "precision": _PRECISION.value or "default"}
   print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}, "
         f"{platform.node()}; {data}, {images.shape[0] // BATCH} steps/epoch; "

@@ -21,12 +21,13 @@ def _benchmark(*flags_):
 @pytest.mark.timeout(300)
 def test_benchmark_quick_mode_prints_a_table_and_writes_json(tmp_path):
   out = tmp_path / "bench.json"
-  result = _benchmark("--quick", "--methods=backprop,sal", f"--json={out}")
+  result = _benchmark("--quick", "--methods=backprop,sal", f"--json={out}",
+                      "--sweep_order=shared")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "| sal |" in result.stdout
   written = json.loads(out.read_text())
-  assert (written["batched"], written["precision"],
-          written["xla_options"]) == ("auto", "default", "library")
+  assert (written["batched"], written["precision"], written["xla_options"],
+          written["sweep_order"]) == ("auto", "default", "library", "shared")
   rows = written["rows"]
   assert [r["method"] for r in rows] == ["backprop", "sal"]
   for row in rows:

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import sal_jax as sj
 from sal_jax import datasets
@@ -68,6 +69,35 @@ def test_sweep_members_equal_separate_runs_with_their_own_hyperparams(rng):
   init = loop.init_sweep(keys, circuit, opt)
   chex.assert_trees_all_equal(jax.tree.map(lambda t: t[2], states.weights),
                               jax.tree.map(lambda t: t[2], init.weights))
+
+
+def test_one_key_gives_every_member_the_same_data_order(rng):
+  circuit = sj.Circuit(widths=(12, 16, 16, 5), method="sal")
+  opt = sj.reference_optimizer(circuit)
+  images, labels = _data(rng)
+  keys = jax.random.split(jax.random.key(0), 2)
+  lrs = jnp.array([0.01, 0.05])
+  order = jax.random.key(3)
+  shared, metrics = loop.sweep_epoch(
+      circuit, opt, 8, loop.init_sweep(keys, circuit, opt, learning_rate=lrs),
+      order, images, labels)
+  assert metrics["loss"].shape == (2, 6)
+  for i in range(2):
+    alone = sj.reference_optimizer(circuit, learning_rate=float(lrs[i]))
+    state, _ = jax.jit(loop.make_epoch(circuit, alone, 8))(
+        sj.init_state(keys[i], circuit, alone), order, images, labels)
+    chex.assert_trees_all_close(jax.tree.map(lambda t: t[i], shared.weights),
+                                state.weights, rtol=1e-5, atol=1e-6)
+
+
+def test_a_sweep_refuses_a_key_count_that_is_not_its_member_count(rng):
+  circuit = sj.Circuit(widths=(12, 16, 16, 5), method="sal")
+  opt = sj.reference_optimizer(circuit)
+  states = loop.init_sweep(jax.random.split(jax.random.key(0), 3), circuit,
+                           opt)
+  with pytest.raises(ValueError, match="2 keys for 3 members"):
+    loop.sweep_epoch(circuit, opt, 8, states,
+                     jax.random.split(jax.random.key(1), 2), *_data(rng))
 
 
 def test_a_diverging_member_does_not_touch_the_others(rng):

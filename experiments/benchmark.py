@@ -131,6 +131,33 @@ def _peak_memory():
   return stats.get("peak_bytes_in_use")
 
 
+def epoch_runs(name, circuit, images, labels, sweep, unroll, shared_order):
+  """``(run_scan, run_sweep)``: each runs one scanned epoch, of one model or
+  of a vmapped sweep of ``sweep`` models (one data order for all if
+  ``shared_order``), on ``images`` and ``labels`` already on the device, and
+  waits for it; each call trains on from the last."""
+  optimizer = sj.reference_optimizer(circuit)
+  key = jax.random.key(0)
+  epoch = _jit(_epoch_fn(name, circuit, optimizer, unroll))
+  sweep_epoch = _jit(jax.vmap(
+      _epoch_fn(name, loop.sweep_circuit(circuit, sweep), optimizer, unroll),
+      in_axes=(0, None if shared_order else 0, None, None)))
+  sweep_keys = key if shared_order else jax.random.split(key, sweep)
+  holder = {"state": sj.init_state(key, circuit, optimizer),
+            "states": loop.init_sweep(jax.random.split(key, sweep), circuit,
+                                      optimizer)}
+
+  def run_scan():
+    holder["state"] = jax.block_until_ready(
+        epoch(holder["state"], key, images, labels)[0])
+
+  def run_sweep():
+    holder["states"] = jax.block_until_ready(
+        sweep_epoch(holder["states"], sweep_keys, images, labels)[0])
+
+  return run_scan, run_sweep
+
+
 def bench_row(name, circuit, host_data, repeats, sweep, unroll):
   optimizer = sj.reference_optimizer(circuit)
   host_images, host_labels = host_data
@@ -141,15 +168,9 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll):
   idx = np.asarray(datasets.epoch_indices(key, n, BATCH))
   batches = [datasets.preprocess(images[i], labels[i]) for i in idx]
   step = _jit_step(name, circuit, optimizer)
-  epoch = _jit(_epoch_fn(name, circuit, optimizer, unroll))
-  shared = _SWEEP_ORDER.value == "shared"
-  sweep_epoch = _jit(jax.vmap(
-      _epoch_fn(name, loop.sweep_circuit(circuit, sweep), optimizer, unroll),
-      in_axes=(0, None if shared else 0, None, None)))
-  holder = {"state": sj.init_state(key, circuit, optimizer),
-            "states": loop.init_sweep(jax.random.split(key, sweep), circuit,
-                                      optimizer)}
-  sweep_keys = key if shared else jax.random.split(key, sweep)
+  run_scan, run_sweep = epoch_runs(name, circuit, images, labels, sweep,
+                                   unroll, _SWEEP_ORDER.value == "shared")
+  holder = {"state": sj.init_state(key, circuit, optimizer)}
   compiled = compile_step(step, circuit, optimizer)
   gflop, megabytes = step_cost(compiled)
 
@@ -164,14 +185,6 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll):
     for b in batches:
       state, _ = step(state, b)
     holder["state"] = jax.block_until_ready(state)
-
-  def run_scan():
-    holder["state"] = jax.block_until_ready(
-        epoch(holder["state"], key, images, labels)[0])
-
-  def run_sweep():
-    holder["states"] = jax.block_until_ready(
-        sweep_epoch(holder["states"], sweep_keys, images, labels)[0])
 
   t_host_loop = _median_time(run_host_loop, repeats)
   t_loop = _median_time(run_loop, repeats)
@@ -197,14 +210,18 @@ def _ratio(value):
   return "" if value is None else f"{value:.2f}x"
 
 
-def _circuits(names):
-  """The rows' circuits, with ``--batched`` applied."""
+def row_circuits(names):
+  """The rows' circuits, with ``--batched`` applied; UsageError for a name
+  that is not a row."""
+  unknown = sorted(set(names) - set(CIRCUITS))
+  if unknown:
+    raise app.UsageError(f"unknown --methods {unknown}; expected {list(CIRCUITS)}")
   batched = speed_flags.batched_products()
   return {name: dataclasses.replace(CIRCUITS[name], batched_products=batched)
           for name in names}
 
 
-def _matmul_precision():
+def matmul_precision():
   """``--precision`` as a context manager; UsageError if jax rejects it."""
   try:
     return xla_options.matmul_precision(_PRECISION.value)
@@ -212,7 +229,9 @@ def _matmul_precision():
     raise app.UsageError(f"bad --precision {e}") from None
 
 
-def _load_images(quick):
+def load_images(quick):
+  """``--data_dir``'s MNIST training images and labels (random ones of its
+  shape when absent; 8 batches if ``quick``), and which of the two."""
   try:
     ds = datasets.load("mnist", _DATA_DIR.value, source="local")
     images, labels, data = ds.x_train, ds.y_train, "MNIST"
@@ -228,15 +247,11 @@ def _load_images(quick):
 
 def main(argv):
   del argv
-  names = _METHODS.value or list(CIRCUITS)
-  unknown = sorted(set(names) - set(CIRCUITS))
-  if unknown:
-    raise app.UsageError(f"unknown --methods {unknown}; expected {list(CIRCUITS)}")
+  circuits = row_circuits(_METHODS.value or list(CIRCUITS))
   if _JSON.value and not pathlib.Path(_JSON.value).parent.is_dir():
     raise app.UsageError(f"--json {_JSON.value}: its directory does not exist")
   speed_flags.check_compiler_options()
-  circuits = _circuits(names)
-  with _matmul_precision():
+  with matmul_precision():
     if _LIST_OPS.value:
       for name, circuit in circuits.items():
         ops = list_ops(name, circuit)
@@ -249,7 +264,7 @@ def main(argv):
 def run_table(circuits):
   """Times every row, prints the table, writes ``--json``."""
   quick = _QUICK.value
-  images, labels, data = _load_images(quick)
+  images, labels, data = load_images(quick)
   sweep = 2 if quick else _SWEEP.value
   repeats = 1 if quick else _REPEATS.value
   device = jax.local_devices()[0]

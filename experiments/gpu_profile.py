@@ -8,8 +8,9 @@ traced (after a warm-up) and the device's kernel events summed: "busy" is the
 time at least one kernel ran, "gaps" the rest of the span from the first
 kernel to the last (launch and scheduling), then the kernels that took most
 time, per step. Takes the benchmark's flags (``--methods``, ``--sweep``,
-``--unroll``, ``--batched``, ``--xla_option`` ...). Needs a backend whose
-profiler records device kernels (CUDA); elsewhere it says there were none.
+``--sweep_order``, ``--unroll``, ``--batched``, ``--xla_option`` ...). Needs a
+backend whose profiler records device kernels (CUDA); elsewhere it says there
+were none.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ import jax
 from experiments import benchmark
 from experiments import speed_flags
 from experiments.reference_mlp import BATCH
-import sal_jax as sj
-from sal_jax import loop
 
+FLAGS = flags.FLAGS
 _TOP = flags.DEFINE_integer("top", 15, "Kernels listed per program.",
                             lower_bound=1)
 
@@ -96,54 +96,32 @@ def summary(label, wall, kernels, lines, steps, top) -> str:
   return "\n".join(lines) + "\n"
 
 
-def profile_row(name, circuit, images, labels, sweep, unroll, top):
-  """Traces one scanned epoch of one model and of ``sweep`` models."""
-  optimizer = sj.reference_optimizer(circuit)
-  images, labels = jax.device_put(images), jax.device_put(labels)
+def profile_row(name, circuit, images, labels, top):
+  """Traces one scanned epoch of one model and of a sweep (``--sweep``)."""
+  sweep = 2 if FLAGS.quick else FLAGS.sweep
+  runs = benchmark.epoch_runs(
+      name, circuit, jax.device_put(images), jax.device_put(labels), sweep,
+      FLAGS.unroll, FLAGS.sweep_order == "shared")
   steps = images.shape[0] // BATCH
-  key = jax.random.key(0)
-  epoch = benchmark._jit(benchmark._epoch_fn(name, circuit, optimizer, unroll))  # pylint: disable=protected-access
-  sweep_epoch = benchmark._jit(jax.vmap(  # pylint: disable=protected-access
-      benchmark._epoch_fn(name, loop.sweep_circuit(circuit, sweep),  # pylint: disable=protected-access
-                          optimizer, unroll), in_axes=(0, 0, None, None)))
-  holder = {"state": sj.init_state(key, circuit, optimizer),
-            "states": loop.init_sweep(jax.random.split(key, sweep), circuit,
-                                      optimizer)}
-  sweep_keys = jax.random.split(key, sweep)
-
-  def run_scan():
-    holder["state"] = jax.block_until_ready(
-        epoch(holder["state"], key, images, labels)[0])
-
-  def run_sweep():
-    holder["states"] = jax.block_until_ready(
-        sweep_epoch(holder["states"], sweep_keys, images, labels)[0])
-
-  out = []
-  for label, run in ((f"{name}, one model", run_scan),
-                     (f"{name}, sweep of {sweep}", run_sweep)):
+  for label, run in zip((f"{name}, one model", f"{name}, sweep of {sweep}"),
+                        runs):
     run()  # compile and warm up
     run()
-    out.append(summary(label, *trace(run), steps, top))
-    print(out[-1], flush=True)
-  return out
+    print(summary(label, *trace(run), steps, top), flush=True)
 
 
 def main(argv):
   del argv
-  names = benchmark._METHODS.value or ["backprop", "sal"]  # pylint: disable=protected-access
+  circuits = benchmark.row_circuits(FLAGS.methods or ["backprop", "sal"])
   speed_flags.check_compiler_options()
-  circuits = benchmark._circuits(names)  # pylint: disable=protected-access
-  images, labels, data = benchmark._load_images(benchmark._QUICK.value)  # pylint: disable=protected-access
-  sweep = 2 if benchmark._QUICK.value else benchmark._SWEEP.value  # pylint: disable=protected-access
+  images, labels, data = benchmark.load_images(FLAGS.quick)
   device = jax.local_devices()[0]
   print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}; "
-        f"{data}; unroll {benchmark._UNROLL.value}, "  # pylint: disable=protected-access
+        f"{data}; unroll {FLAGS.unroll}, sweep_order {FLAGS.sweep_order}, "
         + ", ".join(f"{k} {v}" for k, v in speed_flags.settings().items()))
-  with benchmark._matmul_precision():  # pylint: disable=protected-access
+  with benchmark.matmul_precision():
     for name, circuit in circuits.items():
-      profile_row(name, circuit, images, labels, sweep,
-                  benchmark._UNROLL.value, _TOP.value)  # pylint: disable=protected-access
+      profile_row(name, circuit, images, labels, _TOP.value)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The speed measurements RESULTS.md still lacks, as one run on a GPU machine
-# (nine benchmark calls; not yet timed there). Each comparison's rows come from
+# The speed comparisons of GPU run 4, as one call to a GPU machine (nine
+# benchmark calls; 314 s on an H200). Each comparison's rows come from
 # the same machine in the same call, so their ratios are comparable.
 #
 #   [BASELINE=DIR] [CALL_TIMEOUT=S] bash experiments/gpu_speed_check.sh OUT_DIR [DATA_DIR] [benchmark flags]
@@ -22,8 +22,9 @@ bench() {  # name [benchmark flags]: this tree's benchmark
   local name=$1
   shift
   echo "== $name: $* (at ${SECONDS} s)"
-  timeout "${CALL_TIMEOUT:-0}" python3 -m experiments.benchmark --data_dir="$data" --repeats=3 \
-      --json="$out/$name.json" "$@" 2>"$out/$name.log" | tee "$out/$name.md"
+  timeout "${CALL_TIMEOUT:-0}" python3 -m experiments.benchmark \
+      --data_dir="$data" --repeats=3 --json="$out/$name.json" "$@" \
+      2>"$out/$name.log" | tee "$out/$name.md"
 }
 
 bench_baseline() {  # name [benchmark flags]: bench in the BASELINE tree

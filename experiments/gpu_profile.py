@@ -73,27 +73,27 @@ def trace(run):
     return (wall, *device_kernels(found[0])) if found else (wall, [], [])
 
 
-def summary(label, wall, kernels, lines, steps, top) -> str:
+def summary(label, wall, kernels, trace_lines, steps, top) -> str:
   """A program's trace as a few lines of Markdown."""
   if not kernels:
     return f"## {label}: {1e3 * wall:.1f} ms wall; no device kernels traced\n"
   span = (max(s + d for _, s, d in kernels) - min(s for _, s, _ in kernels))
   busy = busy_ns(kernels)
-  lines = [f"## {label}: {1e3 * wall:.1f} ms wall, {span / 1e6:.1f} ms from "
-           f"first kernel to last, {busy / 1e6:.1f} ms busy, "
-           f"{(span - busy) / 1e6:.1f} ms gaps; {len(kernels) / steps:.1f} "
-           f"kernels/step, {busy / 1e3 / steps:.1f} us busy/step", "",
-           "Trace lines read: " + ", ".join(lines), "",
-           "| kernel | per step | us/step | share of busy |",
-           "|---|---|---|---|"]
+  out = [f"## {label}: {1e3 * wall:.1f} ms wall, {span / 1e6:.1f} ms from "
+         f"first kernel to last, {busy / 1e6:.1f} ms busy, "
+         f"{(span - busy) / 1e6:.1f} ms gaps; {len(kernels) / steps:.1f} "
+         f"kernels/step, {busy / 1e3 / steps:.1f} us busy/step", "",
+         "Trace lines read: " + ", ".join(trace_lines), "",
+         "| kernel | per step | us/step | share of busy |",
+         "|---|---|---|---|"]
   count, total = collections.Counter(), collections.Counter()
   for name, _, duration in kernels:
     count[name] += 1
     total[name] += duration
   for name, ns in total.most_common(top):
-    lines.append(f"| {name[:70]} | {count[name] / steps:.2f} | "
-                 f"{ns / 1e3 / steps:.2f} | {ns / busy:.1%} |")
-  return "\n".join(lines) + "\n"
+    out.append(f"| {name[:70]} | {count[name] / steps:.2f} | "
+               f"{ns / 1e3 / steps:.2f} | {ns / busy:.1%} |")
+  return "\n".join(out) + "\n"
 
 
 def profile_row(name, circuit, images, labels, top):

@@ -80,7 +80,7 @@ def _jit_step(name, circuit, optimizer):
   return _jit(reference_mlp.step_fn(name, circuit, optimizer))
 
 
-def _epoch_fn(name, circuit, optimizer, unroll):
+def epoch_fn(name, circuit, optimizer, unroll):
   """A scanned epoch built on the row's own step function."""
   step = reference_mlp.step_fn(name, circuit, optimizer)
   return loop.scan_epoch(step, BATCH, unroll=unroll)
@@ -131,21 +131,33 @@ def _peak_memory():
   return stats.get("peak_bytes_in_use")
 
 
+def epoch_program(name, circuit, members, unroll, shared_order):
+  """``(epoch, state, key)``: the row's scanned epoch, not jitted, with the
+  initial state and key it starts from. ``members``: None for one model, N
+  for a vmapped sweep of N (states and keys then stacked; one key for all if
+  ``shared_order``)."""
+  optimizer = sj.reference_optimizer(circuit)
+  key = jax.random.key(0)
+  if members is None:
+    return (epoch_fn(name, circuit, optimizer, unroll),
+            sj.init_state(key, circuit, optimizer), key)
+  epoch = jax.vmap(
+      epoch_fn(name, loop.sweep_circuit(circuit, members), optimizer, unroll),
+      in_axes=(0, None if shared_order else 0, None, None))
+  states = loop.init_sweep(jax.random.split(key, members), circuit, optimizer)
+  return epoch, states, key if shared_order else jax.random.split(key, members)
+
+
 def epoch_runs(name, circuit, images, labels, sweep, unroll, shared_order):
   """``(run_scan, run_sweep)``: each runs one scanned epoch, of one model or
   of a vmapped sweep of ``sweep`` models (one data order for all if
   ``shared_order``), on ``images`` and ``labels`` already on the device, and
   waits for it; each call trains on from the last."""
-  optimizer = sj.reference_optimizer(circuit)
-  key = jax.random.key(0)
-  epoch = _jit(_epoch_fn(name, circuit, optimizer, unroll))
-  sweep_epoch = _jit(jax.vmap(
-      _epoch_fn(name, loop.sweep_circuit(circuit, sweep), optimizer, unroll),
-      in_axes=(0, None if shared_order else 0, None, None)))
-  sweep_keys = key if shared_order else jax.random.split(key, sweep)
-  holder = {"state": sj.init_state(key, circuit, optimizer),
-            "states": loop.init_sweep(jax.random.split(key, sweep), circuit,
-                                      optimizer)}
+  epoch, state, key = epoch_program(name, circuit, None, unroll, shared_order)
+  sweep_epoch, states, sweep_keys = epoch_program(name, circuit, sweep, unroll,
+                                                  shared_order)
+  epoch, sweep_epoch = _jit(epoch), _jit(sweep_epoch)
+  holder = {"state": state, "states": states}
 
   def run_scan():
     holder["state"] = jax.block_until_ready(

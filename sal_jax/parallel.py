@@ -62,7 +62,7 @@ def make_parallel_step(circuit: circuit_lib.Circuit,
       functools.partial(train.train_step, circuit, optimizer,
                         diagnostics=diagnostics),
       in_shardings=(replicated, split), out_shardings=replicated,
-      donate_argnums=0, compiler_options=xla_options.OPTIONS)
+      donate_argnums=0, compiler_options=xla_options.MULTI_DEVICE_OPTIONS)
 
   def step(state, batch):
     checks.check_batch(circuit, batch)
@@ -82,7 +82,8 @@ def make_parallel_epoch(circuit: circuit_lib.Circuit,
   epoch = loop.make_epoch(circuit, optimizer, batch_size,
                           diagnostics=diagnostics, batch_sharding=split)
   jitted = jax.jit(epoch, in_shardings=replicated, out_shardings=replicated,
-                   donate_argnums=0, compiler_options=xla_options.OPTIONS)
+                   donate_argnums=0,
+                   compiler_options=xla_options.MULTI_DEVICE_OPTIONS)
   return lambda *args: jax.block_until_ready(jitted(*args))
 
 

@@ -66,45 +66,41 @@ def test_benchmark_refuses_a_bad_flag_before_running(flag, message):
   assert message in result.stderr
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
   # The script is for a lent GPU's few minutes: a flag it passes that the
-  # benchmark no longer knows must fail here, not there. (This tree stands in
-  # for the baseline tree.)
+  # benchmark no longer knows must fail here, not there.
   result = subprocess.run(
       ["bash", str(ROOT / "experiments" / "gpu_speed_check.sh"),
        str(tmp_path / "out"), str(tmp_path / "no_data"), "--quick",
        "--methods=sal"],
-      cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), BASELINE=str(ROOT),
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT),
                          JAX_PLATFORMS="cpu"),
-      capture_output=True, text=True, timeout=380, check=False)
+      capture_output=True, text=True, timeout=580, check=False)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   written = {p.stem: json.loads(p.read_text())
              for p in (tmp_path / "out").glob("*.json")}
-  assert set(written) == {"default", "before", "sweep64", "sweep64_before",
-                          "single_unroll4", "single_per_matrix",
-                          "methods_quick", "single_gemm_fusion_v2",
-                          "sweep64_gemm_fusion_v2"}
-  assert written["single_unroll4"]["unroll"] == 4
-  assert written["single_per_matrix"]["batched"] == "off"
-  for v2 in ("single_gemm_fusion_v2", "sweep64_gemm_fusion_v2"):
-    assert written[v2]["xla_option"] == [
-        "xla_gpu_experimental_gemm_fusion_v2=true"]
+  assert set(written) == {"schedule_identical", "default", "default_lhs",
+                          "sweep64", "sweep64_lhs", "sweep64_shared",
+                          "ratios", "methods_quick"}
+  lhs = ["xla_gpu_command_buffer_scheduling_mode=LHS"]
+  for name in ("schedule_identical", "default_lhs", "sweep64_lhs"):
+    assert written[name]["xla_option"] == lhs
+  assert written["default"]["xla_option"] == []
+  assert written["sweep64_shared"]["sweep_order"] == "shared"
+  assert all(row["identical"] for row in written["schedule_identical"]["rows"])
 
 
-def test_gpu_speed_check_script_skips_the_baseline_without_one(tmp_path):
-  # An unknown method makes every benchmark call fail at once: only the
-  # script's own handling of a missing BASELINE is under test.
+def test_gpu_speed_check_script_says_which_comparisons_failed(tmp_path):
   result = subprocess.run(
       ["bash", str(ROOT / "experiments" / "gpu_speed_check.sh"),
        str(tmp_path), str(tmp_path / "no_data"), "--methods=none"],
-      cwd=ROOT, env={k: v for k, v in dict(
-          os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu").items()
-                     if k != "BASELINE"},
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                         JAX_PLATFORMS="cpu"),
       capture_output=True, text=True, timeout=380, check=False)
-  assert result.returncode == 1
-  assert "before: skipped (no BASELINE)" in result.stdout, result.stdout
-  assert "sweep64_before: skipped (no BASELINE)" in result.stdout
+  assert result.returncode == 1  # an unknown method fails every call
+  assert "== done" in result.stdout  # but not the script
+  assert "unknown --methods ['none']" in (tmp_path / "default.log").read_text()
 
 
 def test_xla_option_values_are_typed_as_xla_expects():
@@ -143,3 +139,32 @@ def test_profile_runs_and_says_when_the_backend_records_no_kernels():
   assert "## sal, one model:" in result.stdout
   assert "## sal, sweep of 2:" in result.stdout
   assert "no device kernels traced" in result.stdout
+
+
+def test_option_check_measures_how_far_two_weight_trees_differ():
+  from experiments import option_check  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  a = {"w": np.array([1.0, -3.0, np.nan]), "v": np.array([[0.5]])}
+  same = option_check.difference(a, {"w": a["w"].copy(), "v": a["v"]})
+  assert same == {"max_abs_difference": 0.0, "max_abs_weight": 3.0,
+                  "identical": True}  # NaNs in the same places count equal
+  moved = option_check.difference(a, {"w": a["w"], "v": np.array([[0.25]])})
+  assert moved["max_abs_difference"] == 0.25 and not moved["identical"]
+
+
+@pytest.mark.timeout(300)
+def test_option_check_finds_cpu_programs_unchanged_by_gpu_options(tmp_path):
+  out = tmp_path / "check.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.option_check", "--quick",
+       "--methods=sal", "--xla_options=xla", f"--json={out}"],
+      env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
+      capture_output=True, text=True, timeout=280, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  # The library's options are all XLA:GPU's: on CPU, dropping them changes
+  # nothing, for one model and for a sweep.
+  assert "| sal | 1 | 0 | " in result.stdout
+  written = json.loads(out.read_text())
+  assert written["options"] == {}
+  assert [(r["models"], r["identical"]) for r in written["rows"]] == [
+      (1, True), (2, True)]

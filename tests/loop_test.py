@@ -161,12 +161,14 @@ def test_sweeps_form_the_rules_products_per_matrix():
   assert loop.sweep_circuit(forced, 64) == forced
 
 
-def test_library_compiler_options_are_known_to_xla_and_change_no_result(rng):
+@pytest.mark.parametrize("options", ["OPTIONS", "MULTI_DEVICE_OPTIONS"])
+def test_library_compiler_options_are_known_to_xla_and_change_no_result(
+    rng, options):
   # XLA rejects an option it does not know, on every backend: a rename in a
   # future XLA fails here rather than in a user's run.
   x = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
   fn = lambda x, w: jnp.tanh(x @ w).T @ x
   chex.assert_trees_all_close(
-      jax.jit(fn, compiler_options=xla_options.OPTIONS)(x, w),
+      jax.jit(fn, compiler_options=getattr(xla_options, options))(x, w),
       jax.jit(fn)(x, w), rtol=1e-6)

@@ -12,7 +12,10 @@ for the GPU that ``--target`` describes (default: an H100,
 no GPU, driver or CUDA libraries. ``--models=1`` is one model as
 ``make_step`` compiles it; N > 1 is a vmapped sweep of N, as ``loop.sweep_epoch``
 runs it. Each row gives the compiled step's kernels (launches) and the bytes
-they read and write (``hlo_kernels``), per step and per model.
+they read and write (``hlo_kernels``), per step and per model, and its longest
+chain of kernels each waiting for the one before, with the bytes those move:
+kernels that may run at the same time (the library's command-buffer
+schedule, ``sal_jax.xla_options``) still take at least that chain's time.
 
 A measurement of the program, not of its speed: what a GPU step of this small
 MLP costs is mostly its launches (one model) or its memory traffic (many).
@@ -118,7 +121,10 @@ def program_row(device, name: str, models: int) -> dict:
     return {**row, "error": str(e).splitlines()[0][:160]}
   kernels = hlo_kernels.kernels(compiled.as_text())
   traffic = sum(k.bytes for k in kernels)
+  chain = hlo_kernels.longest_chain(kernels)
   return {**row, "kernels_per_step": len(kernels),
+          "longest_chain": len(chain),
+          "longest_chain_mb": sum(k.bytes for k in chain) / 1e6,
           "mb_per_step": traffic / 1e6, "mb_per_step_per_model":
           traffic / 1e6 / models,
           "heaviest": [dataclasses.asdict(k) for k in
@@ -157,9 +163,9 @@ def main(argv):
   settings = {"target": target.name, "device": device.device_kind,
               "jax": jax.__version__, **speed_flags.settings()}
   print("# " + ", ".join(f"{k} {v}" for k, v in settings.items()))
-  print("| method | models | rule products | kernels/step | MB/step | "
-        "MB/step per model |")
-  print("|---|---|---|---|---|---|")
+  print("| method | models | rule products | kernels/step | longest chain | "
+        "MB/step | MB on the chain | MB/step per model |")
+  print("|---|---|---|---|---|---|---|---|")
   rows = []
   for name in _METHODS.value:
     for m in models:
@@ -167,9 +173,11 @@ def main(argv):
       rows.append(row)
       products = ("" if name == "backprop"  # no rules
                   else "batched" if row["batched_products"] else "per matrix")
-      cells = (("compile failed: " + row["error"][:60], "", "")
+      cells = (("compile failed: " + row["error"][:60], "", "", "", "")
                if "error" in row else
-               (row["kernels_per_step"], f"{row['mb_per_step']:.1f}",
+               (row["kernels_per_step"], row["longest_chain"],
+                f"{row['mb_per_step']:.1f}",
+                f"{row['longest_chain_mb']:.1f}",
                 f"{row['mb_per_step_per_model']:.1f}"))
       print(f"| {name} | {m} | {products} | "
             + " | ".join(str(c) for c in cells) + " |", flush=True)

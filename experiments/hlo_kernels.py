@@ -22,12 +22,15 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = ")
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-  """One top-level operation: its opcode, result and estimated traffic."""
+  """One top-level operation: its opcode, result and estimated traffic, and
+  the kernels whose results it reads."""
   opcode: str
   shape: str  # the result, as HLO prints it
   bytes_in: int
   bytes_out: int
   source: str  # the JAX operation it came from, when XLA recorded it
+  name: str = ""
+  inputs: tuple[str, ...] = ()  # names of the kernels it waits for
 
   @property
   def bytes(self) -> int:
@@ -60,6 +63,7 @@ def kernels(hlo_text: str) -> list[Kernel]:
   if "\nENTRY" not in hlo_text:
     raise ValueError("not an HLO module: no ENTRY computation")
   sizes: dict[str, int] = {}
+  producers: dict[str, frozenset[str]] = {}  # the kernels behind a value
   found = []
   for line in hlo_text[hlo_text.index("\nENTRY"):].splitlines()[1:]:
     match = _INSTRUCTION.match(line)
@@ -72,14 +76,41 @@ def kernels(hlo_text: str) -> list[Kernel]:
     if not opcode_match:
       continue
     opcode = opcode_match[1]
-    sizes[match[1]] = shape_bytes(shape)
-    if opcode in _NOT_KERNELS:
-      continue
+    name = match[1]
+    sizes[name] = shape_bytes(shape)
     args_start = shape_end + opcode_match.end() - 1
     args_end = _closing(rest, args_start)
     operands = re.findall(r"%([^\s,()]+)", rest[args_start:args_end])
+    inputs = frozenset().union(*(producers.get(o, ()) for o in operands))
+    if opcode in _NOT_KERNELS:
+      producers[name] = inputs
+      continue
+    producers[name] = frozenset([name])
     source = re.search(r'op_name="([^"]*)"', rest[args_end:])
     found.append(Kernel(opcode, shape,
                         sum(sizes.get(o, 0) for o in operands),
-                        sizes[match[1]], source[1] if source else ""))
+                        sizes[name], source[1] if source else "", name,
+                        tuple(sorted(inputs))))
   return found
+
+
+def longest_chain(kernels: list[Kernel]) -> list[Kernel]:
+  """The longest run of kernels each of which waits for the one before.
+
+  However many kernels may run at the same time, a program takes at least
+  the time of this chain. ``kernels`` in program order, as ``kernels``
+  returns them (every kernel after those it waits for).
+  """
+  best: dict[str, tuple[int, str | None]] = {}  # length, previous kernel
+  for k in kernels:
+    before = max(k.inputs, key=lambda n: best[n][0], default=None)
+    best[k.name] = (1 + (best[before][0] if before else 0), before)
+  if not best:
+    return []
+  by_name = {k.name: k for k in kernels}
+  name = max(best, key=lambda n: best[n][0])
+  chain = []
+  while name is not None:
+    chain.append(by_name[name])
+    name = best[name][1]
+  return chain[::-1]

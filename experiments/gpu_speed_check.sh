@@ -55,5 +55,12 @@ bench ratios --methods=sal_sqrt5,sal_sqrt8 "$@" || status=1
 # products, whose 784-wide product the CUDA plugin cannot tile without a GPU
 # to autotune on (experiments/gpu_program.py).
 bench methods_quick --methods=sgd,fa,kp --quick || status=1
+# Last, as it may fail or compile slowly: the whole scanned loop as one CUDA
+# graph, its 234 steps unrolled into it (no graph launch per step). Tried in
+# GPU run 1 without unrolling, one kernel at a time: much slower.
+graph=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONDITIONAL
+bench single_graph_loop --methods=backprop,sal \
+    --xla_option=xla_gpu_enable_command_buffer=$graph,WHILE \
+    --xla_option=xla_gpu_command_buffer_unroll_loops=true "$@" || status=1
 echo "== done (at ${SECONDS} s)"
 exit "$status"

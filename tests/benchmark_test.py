@@ -82,7 +82,8 @@ def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
              for p in (tmp_path / "out").glob("*.json")}
   assert set(written) == {"schedule_identical", "default", "default_lhs",
                           "sweep64", "sweep64_lhs", "single_per_matrix",
-                          "sweep64_shared", "ratios", "methods_quick"}
+                          "sweep64_shared", "ratios", "methods_quick",
+                          "single_graph_loop"}
   assert written["single_per_matrix"]["batched"] == "off"
   lhs = ["xla_gpu_command_buffer_scheduling_mode=LHS"]
   for name in ("schedule_identical", "default_lhs", "sweep64_lhs"):

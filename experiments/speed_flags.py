@@ -31,27 +31,16 @@ def batched_products() -> bool | None:
   return {"auto": None, "on": True, "off": False}[BATCHED.value]
 
 
-def parse_option(text: str) -> tuple[str, bool | int | float | str]:
-  """``"name=value"`` as ``(name, value)``, the value typed for XLA."""
-  name, sep, value = text.partition("=")
-  if not sep or not name or not value:
-    raise app.UsageError(f"--xla_option {text!r}: expected NAME=VALUE")
-  if value.lower() in ("true", "false"):
-    return name, value.lower() == "true"
-  for parse in (int, float):
-    try:
-      return name, parse(value)
-    except ValueError:
-      pass
-  return name, value
-
-
 def compiler_options() -> dict:
   """``--xla_options`` and ``--xla_option`` as ``jax.jit``'s
   ``compiler_options``."""
   options = (dict(xla_options.OPTIONS) if XLA_OPTIONS.value == "library"
              else {})
-  options.update(parse_option(text) for text in XLA_OPTION.value)
+  try:
+    options.update(xla_options.parse_option(text)
+                   for text in XLA_OPTION.value)
+  except ValueError as e:
+    raise app.UsageError(f"--xla_option {e}") from None
   return options
 
 

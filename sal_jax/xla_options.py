@@ -32,21 +32,58 @@ concurrent mode has not been timed there. (A sweep whose members are split
 over devices runs each device's members independently, with ``OPTIONS``.)
 Pass either to ``jax.jit`` as ``compiler_options``; ``{}`` gives XLA's
 defaults.
+
+Both are read once, at import: the environment variable
+``SAL_JAX_XLA_OPTIONS``, whitespace-separated ``NAME=VALUE`` entries, sets
+options on top of them, e.g. ``xla_gpu_command_buffer_scheduling_mode=LHS``
+for XLA's own schedule, should the concurrent one misbehave on your GPU.
+(XLA_FLAGS cannot do that: a program's compiler options override it; seen on
+CPU with ``xla_dump_to``.)
 ``matmul_precision`` checks a float32 matrix-product precision up front.
 """
 
 from __future__ import annotations
 
+import os
+
 import jax
 
-MULTI_DEVICE_OPTIONS = {
+ENVIRONMENT_VARIABLE = "SAL_JAX_XLA_OPTIONS"
+
+
+def parse_option(text: str) -> tuple[str, bool | int | float | str]:
+  """``"name=value"`` as ``(name, value)``, the value typed for XLA
+  (true/false: booleans; numbers: numbers; the rest: strings)."""
+  name, sep, value = text.partition("=")
+  if not sep or not name or not value:
+    raise ValueError(f"{text!r}: expected NAME=VALUE")
+  if value.lower() in ("true", "false"):
+    return name, value.lower() == "true"
+  for parse in (int, float):
+    try:
+      return name, parse(value)
+    except ValueError:
+      pass
+  return name, value
+
+
+def from_environment(environ=os.environ) -> dict:
+  """The options ``SAL_JAX_XLA_OPTIONS`` sets (none when it is unset)."""
+  try:
+    return dict(parse_option(entry)
+                for entry in environ.get(ENVIRONMENT_VARIABLE, "").split())
+  except ValueError as e:
+    raise ValueError(f"{ENVIRONMENT_VARIABLE}: {e}") from None
+
+
+_PRODUCTS = {
     "xla_gpu_experimental_force_split_k": 1,
     "xla_gpu_dot_merger_threshold_mb": 0,
 }
-OPTIONS = {
-    **MULTI_DEVICE_OPTIONS,
-    "xla_gpu_command_buffer_scheduling_mode": "CONCURRENT",
-}
+MULTI_DEVICE_OPTIONS = {**_PRODUCTS, **from_environment()}
+OPTIONS = {**_PRODUCTS,
+           "xla_gpu_command_buffer_scheduling_mode": "CONCURRENT",
+           **from_environment()}
 
 
 def matmul_precision(value: str | None):

@@ -106,12 +106,12 @@ def test_gpu_speed_check_script_says_which_comparisons_failed(tmp_path):
 
 
 def test_xla_option_values_are_typed_as_xla_expects():
-  from experiments import speed_flags  # pylint: disable=g-import-not-at-top
-  assert speed_flags.parse_option("xla_a=True") == ("xla_a", True)
-  assert speed_flags.parse_option("xla_a=false") == ("xla_a", False)
-  assert speed_flags.parse_option("xla_a=0") == ("xla_a", 0)
-  assert speed_flags.parse_option("xla_a=0.5") == ("xla_a", 0.5)
-  assert speed_flags.parse_option("xla_a=b=c") == ("xla_a", "b=c")
+  from sal_jax import xla_options  # pylint: disable=g-import-not-at-top
+  assert xla_options.parse_option("xla_a=True") == ("xla_a", True)
+  assert xla_options.parse_option("xla_a=false") == ("xla_a", False)
+  assert xla_options.parse_option("xla_a=0") == ("xla_a", 0)
+  assert xla_options.parse_option("xla_a=0.5") == ("xla_a", 0.5)
+  assert xla_options.parse_option("xla_a=b=c") == ("xla_a", "b=c")
 
 
 def test_profile_busy_time_counts_overlapping_kernels_once():

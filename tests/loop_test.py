@@ -9,7 +9,6 @@ import pytest
 import sal_jax as sj
 from sal_jax import datasets
 from sal_jax import loop
-from sal_jax import xla_options
 
 
 def _data(rng, n=50):
@@ -159,16 +158,3 @@ def test_sweeps_form_the_rules_products_per_matrix():
   forced = sj.Circuit(widths=(12, 16, 16, 5), method="sal",
                       batched_products=True)
   assert loop.sweep_circuit(forced, 64) == forced
-
-
-@pytest.mark.parametrize("options", ["OPTIONS", "MULTI_DEVICE_OPTIONS"])
-def test_library_compiler_options_are_known_to_xla_and_change_no_result(
-    rng, options):
-  # XLA rejects an option it does not know, on every backend: a rename in a
-  # future XLA fails here rather than in a user's run.
-  x = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
-  fn = lambda x, w: jnp.tanh(x @ w).T @ x
-  chex.assert_trees_all_close(
-      jax.jit(fn, compiler_options=getattr(xla_options, options))(x, w),
-      jax.jit(fn)(x, w), rtol=1e-6)

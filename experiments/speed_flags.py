@@ -55,6 +55,11 @@ def check_compiler_options() -> None:
 
 
 def settings() -> dict:
-  """The settings, as the tools print them and write them to JSON."""
-  return {"batched": BATCHED.value, "xla_options": XLA_OPTIONS.value,
-          "xla_option": list(XLA_OPTION.value)}
+  """The settings, as the tools print them and write them to JSON (with
+  the library's options that ``SAL_JAX_XLA_OPTIONS`` changed, if any)."""
+  settings = {"batched": BATCHED.value, "xla_options": XLA_OPTIONS.value,
+              "xla_option": list(XLA_OPTION.value)}
+  environment = xla_options.from_environment()
+  if environment:
+    settings[xla_options.ENVIRONMENT_VARIABLE] = environment
+  return settings

@@ -11,23 +11,28 @@ import pytest
 ROOT = pathlib.Path(__file__).parents[1]
 
 
-def _benchmark(*flags_):
+def _benchmark(*flags_, **env):
   return subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", *flags_],
-      env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
+      env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **env),
       capture_output=True, text=True, timeout=280, check=False)
 
 
 @pytest.mark.timeout(300)
 def test_benchmark_quick_mode_prints_a_table_and_writes_json(tmp_path):
   out = tmp_path / "bench.json"
-  result = _benchmark("--quick", "--methods=backprop,sal", f"--json={out}",
-                      "--sweep_order=shared")
+  result = _benchmark(
+      "--quick", "--methods=backprop,sal", f"--json={out}",
+      "--sweep_order=shared",
+      SAL_JAX_XLA_OPTIONS="xla_gpu_command_buffer_scheduling_mode=LHS")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "| sal |" in result.stdout
   written = json.loads(out.read_text())
   assert (written["batched"], written["precision"], written["xla_options"],
           written["sweep_order"]) == ("auto", "default", "library", "shared")
+  # Options changed through the environment are on record.
+  assert written["SAL_JAX_XLA_OPTIONS"] == {
+      "xla_gpu_command_buffer_scheduling_mode": "LHS"}
   rows = written["rows"]
   assert [r["method"] for r in rows] == ["backprop", "sal"]
   for row in rows:

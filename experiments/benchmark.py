@@ -241,6 +241,25 @@ def matmul_precision():
     raise app.UsageError(f"bad --precision {e}") from None
 
 
+def settings() -> dict:
+  """The run's settings, as the speed tools print them and write them to
+  JSON."""
+  return {"unroll": _UNROLL.value, "sweep_order": _SWEEP_ORDER.value,
+          **speed_flags.settings(),
+          "precision": _PRECISION.value or "default"}
+
+
+def write_json(path, data, rows, **extra):
+  """Writes ``rows`` to ``path`` with the device, JAX version, data, ``extra``
+  and the run's ``settings``, atomically."""
+  device = jax.local_devices()[0]
+  files.write_json_atomically(
+      pathlib.Path(path),
+      {"device": f"{device.platform}:{device.device_kind}",
+       "jax": jax.__version__, "data": data, **extra, **settings(),
+       "rows": rows})
+
+
 def load_images(quick):
   """``--data_dir``'s MNIST training images and labels (random ones of its
   shape when absent; 8 batches if ``quick``), and which of the two."""
@@ -280,12 +299,9 @@ def run_table(circuits):
   sweep = 2 if quick else _SWEEP.value
   repeats = 1 if quick else _REPEATS.value
   device = jax.local_devices()[0]
-  settings = {"unroll": _UNROLL.value, "sweep_order": _SWEEP_ORDER.value,
-              **speed_flags.settings(),
-              "precision": _PRECISION.value or "default"}
   print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}, "
         f"{platform.node()}; {data}, {images.shape[0] // BATCH} steps/epoch; "
-        + ", ".join(f"{k} {v}" for k, v in settings.items()))
+        + ", ".join(f"{k} {v}" for k, v in settings().items()))
   rows = []
   header = ("| method | ops/step | GFLOP/step | MB/step | host loop ms | "
             f"device loop ms | scan ms | sweep of {sweep} ms | scan ex/s | "
@@ -309,10 +325,7 @@ def run_table(circuits):
           f"{_ratio(row['loop_over_scan'])} | {_ratio(row['sweep_gain'])} | "
           f"{_ratio(row['scan_vs_backprop'])} | {peak} |", flush=True)
   if _JSON.value:
-    files.write_json_atomically(
-        pathlib.Path(_JSON.value),
-        {"device": f"{device.platform}:{device.device_kind}",
-         "jax": jax.__version__, "data": data, **settings, "rows": rows})
+    write_json(_JSON.value, data, rows)
 
 
 if __name__ == "__main__":

@@ -117,8 +117,8 @@ def main(argv):
   images, labels, data = benchmark.load_images(FLAGS.quick)
   device = jax.local_devices()[0]
   print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}; "
-        f"{data}; unroll {FLAGS.unroll}, sweep_order {FLAGS.sweep_order}, "
-        + ", ".join(f"{k} {v}" for k, v in speed_flags.settings().items()))
+        f"{data}; "
+        + ", ".join(f"{k} {v}" for k, v in benchmark.settings().items()))
   with benchmark.matmul_precision():
     for name, circuit in circuits.items():
       profile_row(name, circuit, images, labels, _TOP.value)

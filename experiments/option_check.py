@@ -26,7 +26,6 @@ import jax
 import numpy as np
 
 from experiments import benchmark
-from experiments import files
 from experiments import speed_flags
 from sal_jax import xla_options
 
@@ -89,12 +88,8 @@ def main(argv):
               f"{row['max_abs_weight']:.3g} | "
               f"{'yes' if row['identical'] else 'no'} |", flush=True)
   if FLAGS.json:
-    files.write_json_atomically(
-        pathlib.Path(FLAGS.json),
-        {"device": f"{device.platform}:{device.device_kind}",
-         "jax": jax.__version__, "data": data,
-         "library_options": xla_options.OPTIONS, "options": options,
-         **speed_flags.settings(), "rows": rows})
+    benchmark.write_json(FLAGS.json, data, rows,
+                         library_options=xla_options.OPTIONS, options=options)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,6 @@ def settings() -> dict:
   the library's options that ``SAL_JAX_XLA_OPTIONS`` changed, if any)."""
   settings = {"batched": BATCHED.value, "xla_options": XLA_OPTIONS.value,
               "xla_option": list(XLA_OPTION.value)}
-  environment = xla_options.from_environment()
-  if environment:
-    settings[xla_options.ENVIRONMENT_VARIABLE] = environment
+  if xla_options.ENVIRONMENT_OPTIONS:
+    settings[xla_options.ENVIRONMENT_VARIABLE] = xla_options.ENVIRONMENT_OPTIONS
   return settings

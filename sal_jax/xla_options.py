@@ -19,10 +19,11 @@ future XLA fails loudly, on CPU too.
   not depend on each other at the same time (XLA's default, LHS, overlaps
   only what its latency-hiding schedule overlaps: collectives with
   computation). A step of this small MLP is many small kernels that each
-  leave most of the GPU idle, so on an H200 (GPU run 5) SAL's scanned epoch took 17.5 ms instead of 20.6,
-  backprop's 12.4 instead of 14.1, a sweep of 16 SAL models 56.5 instead of
-  85.6 and one of 64 170.5 instead of 190.3 (peak memory 906 MiB instead of
-  791: buffers in use at the same time cannot share memory). Its sibling
+  leave most of the GPU idle, so on an H200 (GPU run 5) SAL's scanned epoch
+  took 17.5 ms instead of 20.6, backprop's 12.4 instead of 14.1, a sweep of
+  16 SAL models 56.5 instead of 85.6 and one of 64 170.5 instead of 190.3
+  (peak memory 906 MiB instead of 791: buffers in use at the same time cannot
+  share memory). Its sibling
   CONCURRENT_REGIONS failed to compile these programs (jax 0.11.2).
 
 ``MULTI_DEVICE_OPTIONS``, for the data-parallel programs of ``parallel``
@@ -68,7 +69,8 @@ def parse_option(text: str) -> tuple[str, bool | int | float | str]:
 
 
 def from_environment(environ=os.environ) -> dict:
-  """The options ``SAL_JAX_XLA_OPTIONS`` sets (none when it is unset)."""
+  """The options ``SAL_JAX_XLA_OPTIONS`` sets in ``environ`` (none when it is
+  unset)."""
   try:
     return dict(parse_option(entry)
                 for entry in environ.get(ENVIRONMENT_VARIABLE, "").split())
@@ -80,10 +82,11 @@ _PRODUCTS = {
     "xla_gpu_experimental_force_split_k": 1,
     "xla_gpu_dot_merger_threshold_mb": 0,
 }
-MULTI_DEVICE_OPTIONS = {**_PRODUCTS, **from_environment()}
+ENVIRONMENT_OPTIONS = from_environment()  # as read at import
+MULTI_DEVICE_OPTIONS = {**_PRODUCTS, **ENVIRONMENT_OPTIONS}
 OPTIONS = {**_PRODUCTS,
            "xla_gpu_command_buffer_scheduling_mode": "CONCURRENT",
-           **from_environment()}
+           **ENVIRONMENT_OPTIONS}
 
 
 def matmul_precision(value: str | None):

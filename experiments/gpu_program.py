@@ -16,6 +16,9 @@ they read and write (``hlo_kernels``), per step and per model, and its longest
 chain of kernels each waiting for the one before, with the bytes those move:
 kernels that may run at the same time (the library's command-buffer
 schedule, ``sal_jax.xla_options``) still take at least that chain's time.
+It also gives the device memory XLA assigned: the state the step reads
+(updated in place) and its scratch buffers; a scanned epoch's peak is about
+their sum plus the dataset.
 
 A measurement of the program, not of its speed: what a GPU step of this small
 MLP costs is mostly its launches (one model) or its memory traffic (many).
@@ -122,11 +125,14 @@ def program_row(device, name: str, models: int) -> dict:
   kernels = hlo_kernels.kernels(compiled.as_text())
   traffic = sum(k.bytes for k in kernels)
   chain = hlo_kernels.longest_chain(kernels)
+  memory = compiled.memory_analysis()
   return {**row, "kernels_per_step": len(kernels),
           "longest_chain": len(chain),
           "longest_chain_mb": sum(k.bytes for k in chain) / 1e6,
           "mb_per_step": traffic / 1e6, "mb_per_step_per_model":
           traffic / 1e6 / models,
+          "state_mb": memory.argument_size_in_bytes / 1e6,
+          "scratch_mb": memory.temp_size_in_bytes / 1e6,
           "heaviest": [dataclasses.asdict(k) for k in
                        sorted(kernels, key=lambda k: -k.bytes)
                        [:_LIST_KERNELS.value]]}
@@ -164,8 +170,9 @@ def main(argv):
               "jax": jax.__version__, **speed_flags.settings()}
   print("# " + ", ".join(f"{k} {v}" for k, v in settings.items()))
   print("| method | models | rule products | kernels/step | longest chain | "
-        "MB/step | MB on the chain | MB/step per model |")
-  print("|---|---|---|---|---|---|---|---|")
+        "MB/step | MB on the chain | MB/step per model | state MB | "
+        "scratch MB |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   rows = []
   for name in _METHODS.value:
     for m in models:
@@ -173,12 +180,13 @@ def main(argv):
       rows.append(row)
       products = ("" if name == "backprop"  # no rules
                   else "batched" if row["batched_products"] else "per matrix")
-      cells = (("compile failed: " + row["error"][:60], "", "", "", "")
+      cells = (("compile failed: " + row["error"][:60],) + ("",) * 6
                if "error" in row else
                (row["kernels_per_step"], row["longest_chain"],
                 f"{row['mb_per_step']:.1f}",
                 f"{row['longest_chain_mb']:.1f}",
-                f"{row['mb_per_step_per_model']:.1f}"))
+                f"{row['mb_per_step_per_model']:.1f}",
+                f"{row['state_mb']:.0f}", f"{row['scratch_mb']:.0f}"))
       print(f"| {name} | {m} | {products} | "
             + " | ".join(str(c) for c in cells) + " |", flush=True)
       for k in row.get("heaviest", []):

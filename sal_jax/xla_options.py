@@ -23,7 +23,8 @@ future XLA fails loudly, on CPU too.
   took 17.5 ms instead of 20.6, backprop's 12.4 instead of 14.1, a sweep of
   16 SAL models 56.5 instead of 85.6 and one of 64 170.5 instead of 190.3
   (peak memory 906 MiB instead of 791: buffers in use at the same time cannot
-  share memory). Its sibling
+  share memory; a sweep's scratch grows from about 0.6 to 1.0 times its
+  state, in XLA's compile for an H100). Its sibling
   CONCURRENT_REGIONS failed to compile these programs (jax 0.11.2).
 
 ``MULTI_DEVICE_OPTIONS``, for the data-parallel programs of ``parallel``

@@ -139,3 +139,10 @@ def test_gpu_program_compiles_one_sal_step_for_an_h100_in_few_kernels(
   # jax 0.10.2: 16 kernels wait for each other, as many as in backprop's step.
   assert 0 < one["longest_chain"] <= 20
   assert four["mb_per_step"] > one["mb_per_step"] > 0
+  # XLA's memory assignment: each model's weights and momentum (560,800
+  # float32 each: 4.49 MB), and the batch the models share (0.80 MB) once;
+  # scratch on top.
+  model_mb, batch_mb = 2 * 560_800 * 4 / 1e6, (256 * 784 + 256) * 4 / 1e6
+  assert abs(one["state_mb"] - (model_mb + batch_mb)) < 0.01
+  assert abs(four["state_mb"] - (4 * model_mb + batch_mb)) < 0.01
+  assert one["scratch_mb"] > 0

@@ -9,9 +9,10 @@ config.json, metrics.jsonl (a line per member per epoch), results.json and the
 experiment's figures. Progress goes to stderr: this project's INFO lines and
 every library's warnings (other libraries' INFO lines, such as orbax's
 checkpointing, show with --verbosity=0 or higher). Bad settings or missing
-data exit with status 2 and a one-line reason, before anything is written; a
-run in which some member diverged writes its results (recording the
-divergence) and exits with status 3.
+data exit with status 2 and a one-line reason, before anything is written; so
+does a cell whose members do not fit in device memory, keeping what earlier
+epochs checkpointed. A run in which some member diverged writes its results
+(recording the divergence) and exits with status 3.
 """
 
 import logging as std_logging
@@ -59,7 +60,8 @@ def main(argv):
   _set_up_logging()
   try:
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, datasets.DatasetNotFoundError) as e:
+  except (ValueError, datasets.DatasetNotFoundError,
+          train.DeviceMemoryError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if results["diverged"] and results["experiment"] != "lr_grid":

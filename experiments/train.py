@@ -40,6 +40,10 @@ MULTIPLIERS = ("m_w", "m_w_bar", "m_v", "m_v_bar")
 HYPERPARAMS = ("learning_rate", *MULTIPLIERS)
 
 
+class DeviceMemoryError(RuntimeError):
+  """A cell's members did not fit in device memory, trained together."""
+
+
 @dataclasses.dataclass
 class Cell:
   """One circuit configuration and the members that train it together."""
@@ -166,6 +170,25 @@ def initial_states(config, cell: Cell, optimizer):
   keys = jnp.stack([jax.random.key(m["seed"]) for m in cell.members])
   return keys, loop.init_sweep(keys, cell.circuit, optimizer,
                                **_member_hyperparams(config, cell.members))
+
+
+def out_of_memory_message(config, cell: Cell, error: Exception) -> str:
+  """What ran out of device memory, how big it is, and what to change."""
+  states = jax.eval_shape(lambda: initial_states(
+      config, cell, make_optimizer(config, cell.circuit))[1])
+  state_mb = sum(math.prod(x.shape) * x.dtype.itemsize
+                 for x in jax.tree.leaves(states)) / 1e6
+  xla_says = str(error).strip().splitlines()[0][:200]
+  return (
+      f"{cell.label}: out of device memory ({xla_says}). Its "
+      f"{len(cell.members)} members train as one program: their weights and "
+      f"optimizer state take {state_mb:.1f} MB, and the program's scratch up to "
+      "as much again. Train fewer members per cell (--config.seeds, a "
+      "smaller grid), on more devices (--config.member_devices), or with "
+      f"{xla_options.ENVIRONMENT_VARIABLE}="
+      "xla_gpu_command_buffer_scheduling_mode=LHS, which needs less scratch "
+      "(the last two resume this --workdir from its last checkpoint; fewer "
+      "members need a new one)")
 
 
 def run_cell(config, cell: Cell, data: Data, logger: logs.Logger,
@@ -431,8 +454,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   logger = logs.Logger(workdir)
 
   def run(cell: Cell, cell_data: Data = data):
-    result = run_cell(config, cell, cell_data, logger,
-                      checkpoints.cell_directory(workdir, cell.label))
+    try:
+      result = run_cell(config, cell, cell_data, logger,
+                        checkpoints.cell_directory(workdir, cell.label))
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      raise DeviceMemoryError(out_of_memory_message(config, cell, e)) from e
     diverged.extend(f"{_describe(config, cell, cell.members[i])} at epoch "
                     f"{e}, step {s}" for i, (e, s) in
                     result["diverged"].items())

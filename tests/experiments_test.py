@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import checkpoints
+from experiments import plans
 from experiments import train
 from sal_jax import loop
 from sal_jax import xla_options
@@ -221,13 +222,73 @@ def test_digits_config_needs_no_data_dir(tmp_path):
   assert "| SAL |" in (tmp_path / "table.md").read_text()
 
 
-def _cli(workdir, *overrides):
+def _cli(workdir, *overrides, prelude=None):
+  """Runs experiments.main on table1's small variant; ``prelude``: Python run
+  first, in the same process."""
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  command = ["-m", "experiments.main"] if prelude is None else [
+      "-c", prelude + "\nimport runpy\n"
+      "runpy.run_module('experiments.main', run_name='__main__')"]
   return subprocess.run(
-      [sys.executable, "-m", "experiments.main",
+      [sys.executable, *command,
        f"--config={ROOT}/experiments/configs/table1.py:runlocal",
        f"--workdir={workdir}", *overrides],
       env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+_OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
+                  "3.21GiB.")
+
+
+def _run_out_of_memory(*args, **kwargs):
+  del args, kwargs
+  raise jax.errors.JaxRuntimeError(_OUT_OF_MEMORY)
+
+
+def test_out_of_device_memory_names_the_cell_its_size_and_what_to_change(
+    tmp_path, data_dir, monkeypatch):
+  monkeypatch.setattr(loop, "sweep_epoch", _run_out_of_memory)
+  config = _config(table1, data_dir, method="sal", seeds=3)
+  with pytest.raises(train.DeviceMemoryError) as error:
+    train.train_and_evaluate(config, tmp_path)
+  cell, = plans.PLANS["table1"][0](config, train.load_data(config))
+  states = train.initial_states(config, cell,
+                                train.make_optimizer(config, cell.circuit))[1]
+  state_mb = sum(x.nbytes for x in jax.tree.leaves(states)) / 1e6
+  message = str(error.value)
+  assert message.startswith(f"{cell.label}: out of device memory "
+                            f"({_OUT_OF_MEMORY})")
+  assert "Its 3 members train as one program" in message
+  assert state_mb > 0.1 and f"take {state_mb:.1f} MB" in message
+  for advice in ("--config.seeds", "--config.member_devices",
+                 "SAL_JAX_XLA_OPTIONS=xla_gpu_command_buffer_scheduling_mode"
+                 "=LHS"):
+    assert advice in message
+  assert not (tmp_path / "results.json").exists()
+
+
+def test_other_device_errors_are_not_taken_for_memory(tmp_path, data_dir,
+                                                      monkeypatch):
+  def fail(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+  monkeypatch.setattr(loop, "sweep_epoch", fail)
+  with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+    train.train_and_evaluate(_config(table1, data_dir, method="sal"),
+                             tmp_path)
+
+
+def test_cli_out_of_device_memory_exits_2_with_one_line(tmp_path, data_dir):
+  result = _cli(tmp_path / "run", f"--config.data_dir={data_dir}",
+                "--config.method=sal", prelude=(
+                    "import jax\nfrom sal_jax import loop\n"
+                    "def oom(*a, **k):\n"
+                    f"  raise jax.errors.JaxRuntimeError({_OUT_OF_MEMORY!r})\n"
+                    "loop.sweep_epoch = oom"))
+  assert result.returncode == 2, result.stderr[-2000:]
+  error_lines = [l for l in result.stderr.splitlines()
+                 if l.startswith("error:")]
+  assert len(error_lines) == 1 and "out of device memory" in error_lines[0]
+  assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("override, message", [

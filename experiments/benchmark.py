@@ -9,7 +9,9 @@ run four ways: a Python loop over the jitted step fed from host memory by
 already on the device (dispatch cost only), one scanned epoch, and a vmapped
 sweep of 16 models (each shuffling the data its own way, or with
 ``--sweep_order=shared`` all in one order, as ``loop.sweep_epoch`` does given
-one key). Times are medians over repeats after a warm-up. "ops/step"
+one key). Times are medians over repeats after a warm-up; "compile s" is how
+long the scanned epoch and the sweep took to compile, what each new shape
+(widths, ratio, depth: a sweep's outer loop) costs before it trains. "ops/step"
 counts the top-level operations of the compiled step (fusions, matrix-product
 library calls, copies): on a GPU each is a kernel launch, which is what a step
 of this small MLP costs; ``--list_ops`` prints them. "GFLOP/step" and
@@ -25,6 +27,7 @@ import pathlib
 import platform
 import statistics
 import time
+from typing import Callable, NamedTuple
 
 from absl import app
 from absl import flags
@@ -116,14 +119,21 @@ def list_ops(name, circuit):
                                optimizer))
 
 
-def _median_time(fn, repeats):
-  fn()  # warm-up (compilation)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+def _timed(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def _median_time(fn, repeats) -> float:
+  fn()  # warm-up (compiles what is not compiled yet)
+  return statistics.median(_timed(fn) for _ in range(repeats))
+
+
+def _compile_seconds(jitted, *args) -> float:
+  """Seconds ``jitted`` takes to compile for ``args`` (not consumed); calls
+  with such arguments then reuse the executable."""
+  return _timed(lambda: jitted.lower(*args).compile())
 
 
 def _peak_memory():
@@ -148,15 +158,27 @@ def epoch_program(name, circuit, members, unroll, shared_order):
   return epoch, states, key if shared_order else jax.random.split(key, members)
 
 
-def epoch_runs(name, circuit, images, labels, sweep, unroll, shared_order):
-  """``(run_scan, run_sweep)``: each runs one scanned epoch, of one model or
-  of a vmapped sweep of ``sweep`` models (one data order for all if
-  ``shared_order``), on ``images`` and ``labels`` already on the device, and
-  waits for it; each call trains on from the last."""
+class EpochRuns(NamedTuple):
+  """Runs of one scanned epoch, of one model and of a sweep: each call trains
+  on from the last and waits for it. ``compile_s``: seconds each program took
+  to compile (before the first call)."""
+  scan: Callable[[], None]
+  sweep: Callable[[], None]
+  compile_s: tuple[float, float]
+
+
+def epoch_runs(name, circuit, images, labels, sweep, unroll,
+               shared_order) -> EpochRuns:
+  """One model's scanned epoch and a vmapped sweep of ``sweep`` models' (one
+  data order for all if ``shared_order``), on ``images`` and ``labels``
+  already on the device, compiled."""
   epoch, state, key = epoch_program(name, circuit, None, unroll, shared_order)
   sweep_epoch, states, sweep_keys = epoch_program(name, circuit, sweep, unroll,
                                                   shared_order)
   epoch, sweep_epoch = _jit(epoch), _jit(sweep_epoch)
+  compile_s = (_compile_seconds(epoch, state, key, images, labels),
+               _compile_seconds(sweep_epoch, states, sweep_keys, images,
+                                labels))
   holder = {"state": state, "states": states}
 
   def run_scan():
@@ -167,7 +189,7 @@ def epoch_runs(name, circuit, images, labels, sweep, unroll, shared_order):
     holder["states"] = jax.block_until_ready(
         sweep_epoch(holder["states"], sweep_keys, images, labels)[0])
 
-  return run_scan, run_sweep
+  return EpochRuns(run_scan, run_sweep, compile_s)
 
 
 def bench_row(name, circuit, host_data, repeats, sweep, unroll):
@@ -180,8 +202,8 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll):
   idx = np.asarray(datasets.epoch_indices(key, n, BATCH))
   batches = [datasets.preprocess(images[i], labels[i]) for i in idx]
   step = _jit_step(name, circuit, optimizer)
-  run_scan, run_sweep = epoch_runs(name, circuit, images, labels, sweep,
-                                   unroll, _SWEEP_ORDER.value == "shared")
+  runs = epoch_runs(name, circuit, images, labels, sweep, unroll,
+                    _SWEEP_ORDER.value == "shared")
   holder = {"state": sj.init_state(key, circuit, optimizer)}
   compiled = compile_step(step, circuit, optimizer)
   gflop, megabytes = step_cost(compiled)
@@ -200,8 +222,8 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll):
 
   t_host_loop = _median_time(run_host_loop, repeats)
   t_loop = _median_time(run_loop, repeats)
-  t_scan = _median_time(run_scan, repeats)
-  t_sweep = _median_time(run_sweep, repeats)
+  t_scan = _median_time(runs.scan, repeats)
+  t_sweep = _median_time(runs.sweep, repeats)
   examples = steps * BATCH
   return {"method": name, "steps": steps,
           "ops_per_step": len(step_ops(compiled)),
@@ -210,6 +232,8 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll):
           "host_loop_ms": 1e3 * t_host_loop,
           "loop_ms": 1e3 * t_loop, "scan_ms": 1e3 * t_scan,
           "sweep_ms": 1e3 * t_sweep, "sweep_size": sweep,
+          "scan_compile_s": runs.compile_s[0],
+          "sweep_compile_s": runs.compile_s[1],
           "scan_examples_per_s": examples / t_scan,
           "sweep_examples_per_s": sweep * examples / t_sweep,
           "host_loop_over_scan": t_host_loop / t_scan,
@@ -306,7 +330,7 @@ def run_table(circuits):
   header = ("| method | ops/step | GFLOP/step | MB/step | host loop ms | "
             f"device loop ms | scan ms | sweep of {sweep} ms | scan ex/s | "
             "host loop/scan | device loop/scan | sweep gain | "
-            "scan vs backprop | peak MiB |")
+            "scan vs backprop | scan / sweep compile s | peak MiB |")
   print(header)
   print("|" + "---|" * (header.count("|") - 1))
   for name, circuit in circuits.items():
@@ -323,7 +347,9 @@ def run_table(circuits):
           f"{row['sweep_ms']:.1f} | {row['scan_examples_per_s']:.0f} | "
           f"{_ratio(row['host_loop_over_scan'])} | "
           f"{_ratio(row['loop_over_scan'])} | {_ratio(row['sweep_gain'])} | "
-          f"{_ratio(row['scan_vs_backprop'])} | {peak} |", flush=True)
+          f"{_ratio(row['scan_vs_backprop'])} | "
+          f"{row['scan_compile_s']:.1f} / {row['sweep_compile_s']:.1f} | "
+          f"{peak} |", flush=True)
   if _JSON.value:
     write_json(_JSON.value, data, rows)
 

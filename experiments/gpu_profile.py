@@ -103,8 +103,8 @@ def profile_row(name, circuit, images, labels, top):
       name, circuit, jax.device_put(images), jax.device_put(labels), sweep,
       FLAGS.unroll, FLAGS.sweep_order == "shared")
   steps = images.shape[0] // BATCH
-  for label, run in zip((f"{name}, one model", f"{name}, sweep of {sweep}"),
-                        runs):
+  for label, run in ((f"{name}, one model", runs.scan),
+                     (f"{name}, sweep of {sweep}", runs.sweep)):
     run()  # compile and warm up
     run()
     print(summary(label, *trace(run), steps, top), flush=True)

@@ -182,8 +182,8 @@ def out_of_memory_message(config, cell: Cell, error: Exception) -> str:
   return (
       f"{cell.label}: out of device memory ({xla_says}). Its "
       f"{len(cell.members)} members train as one program: their weights and "
-      f"optimizer state take {state_mb:.1f} MB, and the program's scratch up to "
-      "as much again. Train fewer members per cell (--config.seeds, a "
+      f"optimizer state take {state_mb:.1f} MB, and the program's scratch "
+      "up to as much again. Train fewer members per cell (--config.seeds, a "
       "smaller grid), on more devices (--config.member_devices), or with "
       f"{xla_options.ENVIRONMENT_VARIABLE}="
       "xla_gpu_command_buffer_scheduling_mode=LHS, which needs less scratch "

@@ -40,6 +40,8 @@ def test_benchmark_quick_mode_prints_a_table_and_writes_json(tmp_path):
     assert row["gflop_per_step"] > 0 and row["mb_per_step"] > 0
     for mode in ("host_loop", "loop", "scan", "sweep"):
       assert row[f"{mode}_ms"] > 0
+    # The first call of each program compiled it: that took some time.
+    assert row["scan_compile_s"] > 0 and row["sweep_compile_s"] > 0
 
 
 def _listed_ops(*flags_):

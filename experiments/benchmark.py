@@ -284,6 +284,13 @@ def write_json(path, data, rows, **extra):
        "rows": rows})
 
 
+def header(data: str) -> str:
+  """The first line of a speed tool's output: device, JAX, machine, data."""
+  device = jax.local_devices()[0]
+  return (f"# {device.platform}: {device.device_kind}, jax {jax.__version__}, "
+          f"{platform.node()}; {data}")
+
+
 def load_images(quick):
   """``--data_dir``'s MNIST training images and labels (random ones of its
   shape when absent; 8 batches if ``quick``), and which of the two."""
@@ -303,8 +310,7 @@ def load_images(quick):
 def main(argv):
   del argv
   circuits = row_circuits(_METHODS.value or list(CIRCUITS))
-  if _JSON.value and not pathlib.Path(_JSON.value).parent.is_dir():
-    raise app.UsageError(f"--json {_JSON.value}: its directory does not exist")
+  speed_flags.check_json(_JSON.value)
   speed_flags.check_compiler_options()
   with matmul_precision():
     if _LIST_OPS.value:
@@ -322,17 +328,15 @@ def run_table(circuits):
   images, labels, data = load_images(quick)
   sweep = 2 if quick else _SWEEP.value
   repeats = 1 if quick else _REPEATS.value
-  device = jax.local_devices()[0]
-  print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}, "
-        f"{platform.node()}; {data}, {images.shape[0] // BATCH} steps/epoch; "
+  print(f"{header(data)}, {images.shape[0] // BATCH} steps/epoch; "
         + ", ".join(f"{k} {v}" for k, v in settings().items()))
   rows = []
-  header = ("| method | ops/step | GFLOP/step | MB/step | host loop ms | "
+  columns = ("| method | ops/step | GFLOP/step | MB/step | host loop ms | "
             f"device loop ms | scan ms | sweep of {sweep} ms | scan ex/s | "
             "host loop/scan | device loop/scan | sweep gain | "
             "scan vs backprop | scan / sweep compile s | peak MiB |")
-  print(header)
-  print("|" + "---|" * (header.count("|") - 1))
+  print(columns)
+  print("|" + "---|" * (columns.count("|") - 1))
   for name, circuit in circuits.items():
     row = bench_row(name, circuit, (images, labels), repeats, sweep,
                     _UNROLL.value)

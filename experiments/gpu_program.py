@@ -162,8 +162,7 @@ def main(argv):
   target = pathlib.Path(_TARGET.value)
   if not target.is_file():
     raise app.UsageError(f"--target {target}: no such file")
-  if _JSON.value and not pathlib.Path(_JSON.value).parent.is_dir():
-    raise app.UsageError(f"--json {_JSON.value}: its directory does not exist")
+  speed_flags.check_json(_JSON.value)
   speed_flags.check_compiler_options()
   device = target_device(target)
   settings = {"target": target.name, "device": device.device_kind,

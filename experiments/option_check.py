@@ -17,9 +17,6 @@ Meant for a GPU: a backend ignores options that are not its own.
 
 from __future__ import annotations
 
-import pathlib
-import platform
-
 from absl import app
 from absl import flags
 import jax
@@ -61,16 +58,13 @@ def difference(reference, other) -> dict:
 def main(argv):
   del argv
   circuits = benchmark.row_circuits(FLAGS.methods or ["backprop", "sal"])
-  if FLAGS.json and not pathlib.Path(FLAGS.json).parent.is_dir():
-    raise app.UsageError(f"--json {FLAGS.json}: its directory does not exist")
+  speed_flags.check_json(FLAGS.json)
   speed_flags.check_compiler_options()
   options = speed_flags.compiler_options()
   images, labels, data = benchmark.load_images(FLAGS.quick)
   images, labels = jax.device_put(images), jax.device_put(labels)
   sweep = 2 if FLAGS.quick else FLAGS.sweep
-  device = jax.local_devices()[0]
-  print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}, "
-        f"{platform.node()}; {data}; library options {xla_options.OPTIONS} "
+  print(f"{benchmark.header(data)}; library options {xla_options.OPTIONS} "
         f"against {options}")
   print("| method | models | largest weight difference | largest weight | "
         "identical |")

@@ -6,6 +6,8 @@ read the same settings, so that their tables can be compared.
 
 from __future__ import annotations
 
+import pathlib
+
 from absl import app
 from absl import flags
 import jax
@@ -42,6 +44,13 @@ def compiler_options() -> dict:
   except ValueError as e:
     raise app.UsageError(f"--xla_option {e}") from None
   return options
+
+
+def check_json(path: str | None) -> None:
+  """Raises UsageError, before anything runs, if ``--json`` names a file in a
+  directory that does not exist."""
+  if path and not pathlib.Path(path).parent.is_dir():
+    raise app.UsageError(f"--json {path}: its directory does not exist")
 
 
 def check_compiler_options() -> None:

@@ -172,10 +172,16 @@ def initial_states(config, cell: Cell, optimizer):
                                **_member_hyperparams(config, cell.members))
 
 
+def initial_state_shapes(config, cell: Cell):
+  """The shapes and dtypes of the members' states (``initial_states``), not
+  computed; builds the optimizer, so checks its hyperparameters."""
+  optimizer = make_optimizer(config, cell.circuit)
+  return jax.eval_shape(lambda: initial_states(config, cell, optimizer)[1])
+
+
 def out_of_memory_message(config, cell: Cell, error: Exception) -> str:
   """What ran out of device memory, how big it is, and what to change."""
-  states = jax.eval_shape(lambda: initial_states(
-      config, cell, make_optimizer(config, cell.circuit))[1])
+  states = initial_state_shapes(config, cell)
   state_mb = sum(math.prod(x.shape) * x.dtype.itemsize
                  for x in jax.tree.leaves(states)) / 1e6
   xla_says = str(error).strip().splitlines()[0][:200]
@@ -438,11 +444,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   build_cells, report = plans.PLANS[config.experiment]
   cells = build_cells(config, data)
   for cell in cells:
-    optimizer = make_optimizer(config, cell.circuit)  # checks hyperparameters
     checkpoints.check_resumable(
         checkpoints.cell_directory(workdir, cell.label),
-        jax.eval_shape(lambda c=cell, o=optimizer: initial_states(config, c,
-                                                                  o)[1]))
+        initial_state_shapes(config, cell))
   workdir.mkdir(parents=True, exist_ok=True)
   files.write_json_atomically(workdir / "config.json",
                               json.loads(config.to_json()))

@@ -105,7 +105,7 @@ def profile_row(name, circuit, images, labels, top):
   steps = images.shape[0] // BATCH
   for label, run in ((f"{name}, one model", runs.scan),
                      (f"{name}, sweep of {sweep}", runs.sweep)):
-    run()  # compile and warm up
+    run()  # warm up (epoch_runs compiled both programs)
     run()
     print(summary(label, *trace(run), steps, top), flush=True)
 
@@ -115,9 +115,7 @@ def main(argv):
   circuits = benchmark.row_circuits(FLAGS.methods or ["backprop", "sal"])
   speed_flags.check_compiler_options()
   images, labels, data = benchmark.load_images(FLAGS.quick)
-  device = jax.local_devices()[0]
-  print(f"# {device.platform}: {device.device_kind}, jax {jax.__version__}; "
-        f"{data}; "
+  print(f"{benchmark.header(data)}; "
         + ", ".join(f"{k} {v}" for k, v in benchmark.settings().items()))
   with benchmark.matmul_precision():
     for name, circuit in circuits.items():

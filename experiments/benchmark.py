@@ -57,10 +57,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per mode (median).",
 _UNROLL = flags.DEFINE_integer("unroll", 1, "Steps per iteration of the "
                                "scanned loop (lax.scan's unroll).",
                                lower_bound=1)
-_SWEEP_ORDER = flags.DEFINE_enum(
-    "sweep_order", "own", ["own", "shared"], "The sweep's data order: each "
-    "member its own shuffle (seeds), or one shared by all (a grid over "
-    "hyperparameters on one seed).")
 _LIST_OPS = flags.DEFINE_bool(
     "list_ops", False, "Print each row's compiled step, one line per "
     "top-level operation, instead of timing it.")
@@ -203,7 +199,7 @@ def bench_row(name, circuit, host_data, repeats, sweep, unroll):
   batches = [datasets.preprocess(images[i], labels[i]) for i in idx]
   step = _jit_step(name, circuit, optimizer)
   runs = epoch_runs(name, circuit, images, labels, sweep, unroll,
-                    _SWEEP_ORDER.value == "shared")
+                    speed_flags.shared_order())
   holder = {"state": sj.init_state(key, circuit, optimizer)}
   compiled = compile_step(step, circuit, optimizer)
   gflop, megabytes = step_cost(compiled)
@@ -268,7 +264,7 @@ def matmul_precision():
 def settings() -> dict:
   """The run's settings, as the speed tools print them and write them to
   JSON."""
-  return {"unroll": _UNROLL.value, "sweep_order": _SWEEP_ORDER.value,
+  return {"unroll": _UNROLL.value,
           **speed_flags.settings(),
           "precision": _PRECISION.value or "default"}
 

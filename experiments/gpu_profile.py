@@ -101,7 +101,7 @@ def profile_row(name, circuit, images, labels, top):
   sweep = 2 if FLAGS.quick else FLAGS.sweep
   runs = benchmark.epoch_runs(
       name, circuit, jax.device_put(images), jax.device_put(labels), sweep,
-      FLAGS.unroll, FLAGS.sweep_order == "shared")
+      FLAGS.unroll, speed_flags.shared_order())
   steps = images.shape[0] // BATCH
   for label, run in ((f"{name}, one model", runs.scan),
                      (f"{name}, sweep of {sweep}", runs.sweep)):

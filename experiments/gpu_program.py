@@ -2,7 +2,8 @@ r"""Kernels and memory traffic of a training step compiled for a GPU, without on
 
     pip install "jax-cuda12-plugin==$JAX_VERSION" "jax-cuda12-pjrt==$JAX_VERSION"
     python -m experiments.gpu_program [--methods=backprop,sal] [--models=1,4,16,64]
-        [--batched=auto|on|off] [--xla_options=library|xla]
+        [--sweep_order=own|shared] [--batched=auto|on|off]
+        [--xla_options=library|xla]
         [--xla_option=NAME=VALUE ...]
         [--target=FILE] [--list_kernels=N] [--json=FILE]
 
@@ -11,7 +12,8 @@ for the GPU that ``--target`` describes (default: an H100,
 ``experiments/gpu_targets/h100.txtpb``) through JAX's CUDA plugin, which needs
 no GPU, driver or CUDA libraries. ``--models=1`` is one model as
 ``make_step`` compiles it; N > 1 is a vmapped sweep of N, as ``loop.sweep_epoch``
-runs it. Each row gives the compiled step's kernels (launches) and the bytes
+runs it: each member a batch of its own (seeds), or with
+``--sweep_order=shared`` one batch for all (a grid on one seed). Each row gives the compiled step's kernels (launches) and the bytes
 they read and write (``hlo_kernels``), per step and per model, and its longest
 chain of kernels each waiting for the one before, with the bytes those move:
 kernels that may run at the same time (the library's command-buffer
@@ -93,15 +95,19 @@ def compile_step(device, name: str, circuit: sj.Circuit, models: int,
   optimizer = sj.reference_optimizer(circuit)
   step = reference_mlp.step_fn(name, circuit, optimizer)
   key = jax.random.key(0)
+  batch = (jnp.zeros((reference_mlp.BATCH, reference_mlp.WIDTHS[0])),
+           jnp.zeros((reference_mlp.BATCH,), jnp.int32))
   with jax.default_device(jax.devices("cpu")[0]):  # shapes only
     if models == 1:
       state = sj.init_state(key, circuit, optimizer)
     else:
       state = loop.init_sweep(jax.random.split(key, models), circuit,
                               optimizer)
-      step = jax.vmap(step, in_axes=(0, None))
-  batch = (jnp.zeros((reference_mlp.BATCH, reference_mlp.WIDTHS[0])),
-           jnp.zeros((reference_mlp.BATCH,), jnp.int32))
+      if speed_flags.shared_order():
+        step = jax.vmap(step, in_axes=(0, None))
+      else:  # each member its own batch
+        step = jax.vmap(step)
+        batch = jax.tree.map(lambda x: jnp.stack([x] * models), batch)
   sharding = jax.sharding.SingleDeviceSharding(device)
   shapes = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),

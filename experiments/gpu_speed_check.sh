@@ -52,8 +52,8 @@ bench sweep64_shared --methods=sal --sweep=64 --sweep_order=shared "$@" \
 # SAL's wider feedback streams (ratio sqrt5, sqrt8).
 bench ratios --methods=sal_sqrt5,sal_sqrt8 "$@" || status=1
 # Compiles, briefly runs: the vmapped sweeps of sgd, fa and kp with per-matrix
-# products, whose 784-wide product the CUDA plugin cannot tile without a GPU
-# to autotune on (experiments/gpu_program.py).
+# products (compiled without a GPU only with each member's own batch:
+# experiments/gpu_program.py).
 bench methods_quick --methods=sgd,fa,kp --quick || status=1
 # Last, as it may fail or compile slowly: the whole scanned loop as one CUDA
 # graph, its 234 steps unrolled into it (no graph launch per step). Tried in

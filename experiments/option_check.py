@@ -35,7 +35,7 @@ def trained_weights(name, circuit, images, labels, members, options):
   with ``options``."""
   epoch, state, keys = benchmark.epoch_program(
       name, circuit, None if members == 1 else members, FLAGS.unroll,
-      FLAGS.sweep_order == "shared")
+      speed_flags.shared_order())
   state, _ = jax.jit(epoch, compiler_options=options)(state, keys, images,
                                                       labels)
   return jax.device_get(state.weights)

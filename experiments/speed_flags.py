@@ -21,6 +21,10 @@ BATCHED = flags.DEFINE_enum(
 XLA_OPTIONS = flags.DEFINE_enum(
     "xla_options", "library", ["library", "xla"], "Compiler options of every "
     "jitted program: the library's (sal_jax.xla_options) or XLA's defaults.")
+SWEEP_ORDER = flags.DEFINE_enum(
+    "sweep_order", "own", ["own", "shared"], "A sweep's data order: each "
+    "member its own shuffle (seeds), or one shared by all (a grid over "
+    "hyperparameters on one seed).")
 XLA_OPTION = flags.DEFINE_multi_string(
     "xla_option", [], "NAME=VALUE: one more XLA compiler option on top of "
     "--xla_options (repeatable), e.g. "
@@ -31,6 +35,11 @@ XLA_OPTION = flags.DEFINE_multi_string(
 def batched_products() -> bool | None:
   """``--batched`` as ``Circuit.batched_products``."""
   return {"auto": None, "on": True, "off": False}[BATCHED.value]
+
+
+def shared_order() -> bool:
+  """Whether ``--sweep_order`` gives a sweep's members one data order."""
+  return SWEEP_ORDER.value == "shared"
 
 
 def compiler_options() -> dict:
@@ -66,7 +75,8 @@ def check_compiler_options() -> None:
 def settings() -> dict:
   """The settings, as the tools print them and write them to JSON (with
   the library's options that ``SAL_JAX_XLA_OPTIONS`` changed, if any)."""
-  settings = {"batched": BATCHED.value, "xla_options": XLA_OPTIONS.value,
+  settings = {"sweep_order": SWEEP_ORDER.value, "batched": BATCHED.value,
+              "xla_options": XLA_OPTIONS.value,
               "xla_option": list(XLA_OPTION.value)}
   if xla_options.ENVIRONMENT_OPTIONS:
     settings[xla_options.ENVIRONMENT_VARIABLE] = xla_options.ENVIRONMENT_OPTIONS

@@ -140,9 +140,15 @@ def test_gpu_program_compiles_one_sal_step_for_an_h100_in_few_kernels(
   assert 0 < one["longest_chain"] <= 20
   assert four["mb_per_step"] > one["mb_per_step"] > 0
   # XLA's memory assignment: each model's weights and momentum (560,800
-  # float32 each: 4.49 MB), and the batch the models share (0.80 MB) once;
-  # scratch on top.
+  # float32 each: 4.49 MB) and its batch (0.80 MB); scratch on top.
   model_mb, batch_mb = 2 * 560_800 * 4 / 1e6, (256 * 784 + 256) * 4 / 1e6
   assert abs(one["state_mb"] - (model_mb + batch_mb)) < 0.01
-  assert abs(four["state_mb"] - (4 * model_mb + batch_mb)) < 0.01
+  assert abs(four["state_mb"] - 4 * (model_mb + batch_mb)) < 0.01
   assert one["scratch_mb"] > 0
+  # A grid on one seed: the members share one batch.
+  result = _gpu_program("--models=4", "--methods=sal", "--sweep_order=shared",
+                        f"--json={out}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  [shared] = json.loads(out.read_text())["rows"]
+  assert abs(shared["state_mb"] - (4 * model_mb + batch_mb)) < 0.01
+  assert shared["mb_per_step"] < four["mb_per_step"]

@@ -13,8 +13,9 @@ for the GPU that ``--target`` describes (default: an H100,
 no GPU, driver or CUDA libraries. ``--models=1`` is one model as
 ``make_step`` compiles it; N > 1 is a vmapped sweep of N, as ``loop.sweep_epoch``
 runs it: each member a batch of its own (seeds), or with
-``--sweep_order=shared`` one batch for all (a grid on one seed). Each row gives the compiled step's kernels (launches) and the bytes
-they read and write (``hlo_kernels``), per step and per model, and its longest
+``--sweep_order=shared`` one batch for all (a grid on one seed). Each row
+gives the compiled step's kernels (launches) and the bytes they read and
+write (``hlo_kernels``), per step and per model, and its longest
 chain of kernels each waiting for the one before, with the bytes those move:
 kernels that may run at the same time (the library's command-buffer
 schedule, ``sal_jax.xla_options``) still take at least that chain's time.
@@ -95,19 +96,17 @@ def compile_step(device, name: str, circuit: sj.Circuit, models: int,
   optimizer = sj.reference_optimizer(circuit)
   step = reference_mlp.step_fn(name, circuit, optimizer)
   key = jax.random.key(0)
-  batch = (jnp.zeros((reference_mlp.BATCH, reference_mlp.WIDTHS[0])),
-           jnp.zeros((reference_mlp.BATCH,), jnp.int32))
+  own_batches = models > 1 and not speed_flags.shared_order()
+  members = (models,) if own_batches else ()
+  batch = (jnp.zeros(members + (reference_mlp.BATCH, reference_mlp.WIDTHS[0])),
+           jnp.zeros(members + (reference_mlp.BATCH,), jnp.int32))
   with jax.default_device(jax.devices("cpu")[0]):  # shapes only
     if models == 1:
       state = sj.init_state(key, circuit, optimizer)
     else:
       state = loop.init_sweep(jax.random.split(key, models), circuit,
                               optimizer)
-      if speed_flags.shared_order():
-        step = jax.vmap(step, in_axes=(0, None))
-      else:  # each member its own batch
-        step = jax.vmap(step)
-        batch = jax.tree.map(lambda x: jnp.stack([x] * models), batch)
+      step = jax.vmap(step, in_axes=(0, 0 if own_batches else None))
   sharding = jax.sharding.SingleDeviceSharding(device)
   shapes = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),

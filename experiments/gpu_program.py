@@ -19,9 +19,11 @@ write (``hlo_kernels``), per step and per model, and its longest
 chain of kernels each waiting for the one before, with the bytes those move:
 kernels that may run at the same time (the library's command-buffer
 schedule, ``sal_jax.xla_options``) still take at least that chain's time.
-It also gives the device memory XLA assigned: the state the step reads
-(updated in place) and its scratch buffers; a scanned epoch's peak is about
-their sum plus the dataset.
+Each step gathers its batch from uint8 images on the device, as in a scanned
+epoch, from a dataset of just the examples it reads (so the gather is
+charged its real traffic). It also gives the device memory XLA assigned: the
+state the step reads (updated in place; with those examples) and its scratch
+buffers; a scanned epoch's peak is about their sum plus the dataset.
 
 A measurement of the program, not of its speed: what a GPU step of this small
 MLP costs is mostly its launches (one model) or its memory traffic (many).
@@ -48,6 +50,7 @@ from experiments import hlo_kernels
 from experiments import reference_mlp
 from experiments import speed_flags
 import sal_jax as sj
+from sal_jax import datasets
 from sal_jax import loop
 
 _TARGETS = pathlib.Path(__file__).parent / "gpu_targets"
@@ -92,26 +95,38 @@ def gpu_circuit(circuit: sj.Circuit, models: int) -> sj.Circuit:
 
 def compile_step(device, name: str, circuit: sj.Circuit, models: int,
                  compiler_options: dict):
-  """The row's step (vmapped over ``models`` if more than one), compiled."""
+  """The row's step (vmapped over ``models`` if more than one) as a scanned
+  epoch runs it: its batch gathered from uint8 images on the device and
+  preprocessed, then the step; compiled."""
   optimizer = sj.reference_optimizer(circuit)
   step = reference_mlp.step_fn(name, circuit, optimizer)
+
+  def gathered_step(state, images, labels, idx_B):
+    return step(state, datasets.preprocess(images[idx_B], labels[idx_B]))
+
   key = jax.random.key(0)
   own_batches = models > 1 and not speed_flags.shared_order()
-  members = (models,) if own_batches else ()
-  batch = (jnp.zeros(members + (reference_mlp.BATCH, reference_mlp.WIDTHS[0])),
-           jnp.zeros(members + (reference_mlp.BATCH,), jnp.int32))
+  batches = models if own_batches else 1
+  # Only the examples the step reads, so that the gather's traffic is exact.
+  data = (jnp.zeros((batches * reference_mlp.BATCH, reference_mlp.WIDTHS[0]),
+                    jnp.uint8),
+          jnp.zeros((batches * reference_mlp.BATCH,), jnp.int32),
+          jnp.zeros(((models,) if own_batches else ()) + (reference_mlp.BATCH,),
+                    jnp.int32))
   with jax.default_device(jax.devices("cpu")[0]):  # shapes only
     if models == 1:
       state = sj.init_state(key, circuit, optimizer)
     else:
       state = loop.init_sweep(jax.random.split(key, models), circuit,
                               optimizer)
-      step = jax.vmap(step, in_axes=(0, 0 if own_batches else None))
+      gathered_step = jax.vmap(
+          gathered_step, in_axes=(0, None, None, 0 if own_batches else None))
   sharding = jax.sharding.SingleDeviceSharding(device)
   shapes = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      (state, batch))
-  jitted = jax.jit(step, donate_argnums=0, compiler_options=compiler_options)
+      (state, *data))
+  jitted = jax.jit(gathered_step, donate_argnums=0,
+                   compiler_options=compiler_options)
   return jitted.trace(*shapes).lower(lowering_platforms=("cuda",)).compile()
 
 

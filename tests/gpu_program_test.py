@@ -140,8 +140,10 @@ def test_gpu_program_compiles_one_sal_step_for_an_h100_in_few_kernels(
   assert 0 < one["longest_chain"] <= 20
   assert four["mb_per_step"] > one["mb_per_step"] > 0
   # XLA's memory assignment: each model's weights and momentum (560,800
-  # float32 each: 4.49 MB) and its batch (0.80 MB); scratch on top.
-  model_mb, batch_mb = 2 * 560_800 * 4 / 1e6, (256 * 784 + 256) * 4 / 1e6
+  # float32 each: 4.49 MB), and the examples its batch is gathered from (uint8
+  # images, int32 labels and indices: 0.20 MB); scratch on top.
+  model_mb = 2 * 560_800 * 4 / 1e6
+  batch_mb = (256 * 784 + 2 * 256 * 4) / 1e6
   assert abs(one["state_mb"] - (model_mb + batch_mb)) < 0.01
   assert abs(four["state_mb"] - 4 * (model_mb + batch_mb)) < 0.01
   assert one["scratch_mb"] > 0
@@ -152,3 +154,20 @@ def test_gpu_program_compiles_one_sal_step_for_an_h100_in_few_kernels(
   [shared] = json.loads(out.read_text())["rows"]
   assert abs(shared["state_mb"] - (4 * model_mb + batch_mb)) < 0.01
   assert shared["mb_per_step"] < four["mb_per_step"]
+
+
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="needs jax-cuda12-plugin")
+@pytest.mark.timeout(300)
+def test_gpu_step_never_writes_its_float32_batch_to_memory(tmp_path):
+  # preprocess reads the image bytes as int8, which XLA:GPU fuses into the
+  # first layer's products: the largest array the gathering kernel writes
+  # is the int8 batch, and no kernel writes a float32 [256, 784] batch.
+  out = tmp_path / "program.json"
+  result = _gpu_program("--models=1", "--methods=sal", "--list_kernels=100",
+                        f"--json={out}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  [row] = json.loads(out.read_text())["rows"]
+  shapes = [k["shape"] for k in row["heaviest"]]
+  assert any(s.startswith("s8[256") for s in shapes), shapes
+  assert not any(s.startswith(("f32[256,784]", "f32[256,1,784]"))
+                 for s in shapes), shapes

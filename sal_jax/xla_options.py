@@ -12,8 +12,8 @@ future XLA fails loudly, on CPU too.
 - ``xla_gpu_dot_merger_threshold_mb = 0``: XLA merges products that share an
   operand into one product over a concatenated copy of the others. In a
   vmapped sweep those copies are 13% of the step's memory traffic (XLA:GPU's
-  compile for an H100: 2.27 GB per step of 64 SAL members with merging, 1.98
-  GB without, 42 kernels either way; 2.17 and 1.88 GB when the members share
+  compile for an H100: 2.22 GB per step of 64 SAL members with merging, 1.93
+  GB without, 43 kernels either way; 2.17 and 1.88 GB when the members share
   one batch); not yet timed on a GPU.
 - ``xla_gpu_command_buffer_scheduling_mode = CONCURRENT``: XLA:GPU replays
   runs of kernels as CUDA graphs; this mode lets the graph run kernels that do

@@ -45,7 +45,7 @@ bench sweep64_lhs --methods=sal --sweep=64 "$lhs" "$@" || status=1
 # One model with a product per rule matrix: 29.9 ms against 20.9 batched in
 # GPU run 4, one kernel at a time; run concurrently, the unbatched products
 # need no stacking copies and the top levels' need not wait for the bottom's
-# (the step's critical path, kernels weighted alike, 15 against 16). Also at
+# (longest chain 17 kernels against 18: experiments/gpu_program.py). Also at
 # ratio sqrt8, which the same default decides; sweeps of 2, as sweeps are
 # per matrix already.
 bench single_per_matrix --methods=sal,sal_sqrt8 --batched=off --sweep=2 "$@" \

@@ -452,6 +452,9 @@ def epoch_batches(key: Array, images: Array, labels: Array,
   return images[idx], labels[idx]
 
 
+_jitted_preprocess = jax.jit(preprocess)  # one dispatch per batch
+
+
 def iterate(images, labels, batch_size: int, key: Array | None = None,
             drop_remainder: bool = True) -> Iterator[tuple[Array, Array]]:
   """Preprocessed batches for a Python loop; shuffled when ``key`` is given."""
@@ -461,4 +464,4 @@ def iterate(images, labels, batch_size: int, key: Array | None = None,
   stop = n - n % batch_size if drop_remainder else n
   for start in range(0, stop, batch_size):
     idx = order[start:start + batch_size]
-    yield preprocess(jnp.asarray(images[idx]), jnp.asarray(labels[idx]))
+    yield _jitted_preprocess(images[idx], labels[idx])

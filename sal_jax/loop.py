@@ -130,8 +130,8 @@ def sweep_circuit(circuit: Circuit, members: int) -> Circuit:
   stacking equal shapes on top only copies each member's activity. So a sweep
   of two or more forms them per matrix, unless the circuit fixes
   ``batched_products``. XLA:GPU's compile for an H100 (RESULTS.md, "Speed";
-  each member its own batch): a SAL step of 2 members moves 84.5 MB batched
-  and 60.2 MB per matrix (34 and 42 kernels); of 64 members, 2.71 and 1.93 GB
+  each member its own batch): a SAL step of 2 members moves 88.2 MB batched
+  and 63.8 MB per matrix (34 and 42 kernels); of 64 members, 2.82 and 2.04 GB
   (35 and 43 kernels), and a sweep that large is bound by its memory traffic.
   """
   if circuit.batched_products is None and members > 1:

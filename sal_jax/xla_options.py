@@ -12,9 +12,9 @@ future XLA fails loudly, on CPU too.
 - ``xla_gpu_dot_merger_threshold_mb = 0``: XLA merges products that share an
   operand into one product over a concatenated copy of the others. In a
   vmapped sweep those copies are 13% of the step's memory traffic (XLA:GPU's
-  compile for an H100: 2.22 GB per step of 64 SAL members with merging, 1.93
+  compile for an H100: 2.33 GB per step of 64 SAL members with merging, 2.04
   GB without, 43 kernels either way; 2.17 and 1.88 GB when the members share
-  one batch); not yet timed on a GPU.
+  one batch); not timed on a GPU on its own.
 - ``xla_gpu_command_buffer_scheduling_mode = CONCURRENT``: XLA:GPU replays
   runs of kernels as CUDA graphs; this mode lets the graph run kernels that do
   not depend on each other at the same time (XLA's default, LHS, overlaps
@@ -24,9 +24,10 @@ future XLA fails loudly, on CPU too.
   took 17.5 ms instead of 20.6, backprop's 12.4 instead of 14.1, a sweep of
   16 SAL models 56.5 instead of 85.6 and one of 64 170.5 instead of 190.3
   (peak memory 906 MiB instead of 791: buffers in use at the same time cannot
-  share memory; a sweep's scratch grows from about 0.6 to 1.0 times its
-  state, in XLA's compile for an H100). Its sibling
-  CONCURRENT_REGIONS failed to compile these programs (jax 0.11.2).
+  share memory; a sweep's scratch grows from about 0.8 to 1.2 times its
+  state, in XLA's compile for an H100). It trains bitwise the weights LHS
+  trains (GPU run 6: one model and a sweep of 16, backprop and SAL). Its
+  sibling CONCURRENT_REGIONS failed to compile these programs (jax 0.11.2).
 
 ``MULTI_DEVICE_OPTIONS``, for the data-parallel programs of ``parallel``
 (their steps reduce across devices), leaves the scheduling mode at XLA's

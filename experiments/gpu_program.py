@@ -50,7 +50,6 @@ from experiments import hlo_kernels
 from experiments import reference_mlp
 from experiments import speed_flags
 import sal_jax as sj
-from sal_jax import datasets
 from sal_jax import loop
 
 _TARGETS = pathlib.Path(__file__).parent / "gpu_targets"
@@ -96,14 +95,11 @@ def gpu_circuit(circuit: sj.Circuit, models: int) -> sj.Circuit:
 def compile_step(device, name: str, circuit: sj.Circuit, models: int,
                  compiler_options: dict):
   """The row's step (vmapped over ``models`` if more than one) as a scanned
-  epoch runs it: its batch gathered from uint8 images on the device and
-  preprocessed, then the step; compiled."""
+  epoch runs it (``loop.gathered_step``): its batch gathered from uint8
+  images on the device and preprocessed, then the step; compiled."""
   optimizer = sj.reference_optimizer(circuit)
-  step = reference_mlp.step_fn(name, circuit, optimizer)
-
-  def gathered_step(state, images, labels, idx_B):
-    return step(state, datasets.preprocess(images[idx_B], labels[idx_B]))
-
+  gathered_step = loop.gathered_step(
+      reference_mlp.step_fn(name, circuit, optimizer))
   key = jax.random.key(0)
   own_batches = models > 1 and not speed_flags.shared_order()
   batches = models if own_batches else 1

@@ -27,6 +27,21 @@ Array = jax.Array
 Circuit = circuit_lib.Circuit
 
 
+def gathered_step(step: Callable, batch_sharding=None) -> Callable:
+  """Returns ``run(state, images, labels, idx_B) -> (state, metrics)``: one
+  step of ``scan_epoch``, ``step`` on the batch gathered at ``idx_B`` from the
+  uint8 ``images`` and ``labels`` and preprocessed (constrained to
+  ``batch_sharding`` if given)."""
+
+  def run(state, images: Array, labels: Array, idx_B: Array):
+    batch = datasets.preprocess(images[idx_B], labels[idx_B])
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return step(state, batch)
+
+  return run
+
+
 def scan_epoch(step: Callable, batch_size: int, *,
                batch_sharding=None, unroll: int = 1) -> Callable:
   """Returns ``epoch(state, key, images, labels) -> (state, metrics)``.
@@ -48,16 +63,12 @@ def scan_epoch(step: Callable, batch_size: int, *,
       longer compile.
   """
 
+  one_step = gathered_step(step, batch_sharding)
+
   def epoch(state, key: Array, images: Array, labels: Array):
     idx = datasets.epoch_indices(key, images.shape[0], batch_size)
-
-    def body(state, idx_B):
-      batch = datasets.preprocess(images[idx_B], labels[idx_B])
-      if batch_sharding is not None:
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-      return step(state, batch)
-
-    return jax.lax.scan(body, state, idx, unroll=unroll)
+    return jax.lax.scan(lambda s, idx_B: one_step(s, images, labels, idx_B),
+                        state, idx, unroll=unroll)
 
   return epoch
 

@@ -27,9 +27,6 @@ from experiments import reference_mlp
 from experiments import speed_flags
 from sal_jax import xla_options
 
-_TARGET = pathlib.Path("experiments/gpu_targets/h100.txtpb")
-
-
 def category(k: hlo_kernels.Kernel) -> str:
   """What a kernel of SAL's vmapped step does, from its result and source."""
   if k.shape.startswith("(") and "f32[64,200," in k.shape:
@@ -94,20 +91,21 @@ def pallas_outer_and_norm(post_BxM, pre_BxN, block=64):
 def main():
   flags.FLAGS(["estimate"])
   jax.config.update("jax_platforms", "cpu")  # the GPU is only compiled for
-  device = gpu_program.target_device(_TARGET)
+  device = gpu_program.target_device(pathlib.Path(flags.FLAGS.target))
   print(f"# {device.device_kind}, jax {jax.__version__}")
   for order in ("own", "shared"):
     kernels = traffic(device, order)
     total = sum(k.bytes for k in kernels)
+    labeled = [(category(k), k) for k in kernels]
     by = collections.defaultdict(float)
-    count = collections.Counter(category(k) for k in kernels)
-    for k in kernels:
-      by[category(k)] += k.bytes
+    for name, k in labeled:
+      by[name] += k.bytes
+    count = collections.Counter(name for name, _ in labeled)
     norm = by["clip's norm (reads every update)"]
     # A mask read as the rule product's operand: its kernel goes, and the
     # product reads the mask's two inputs instead of its one output.
-    masks = sum(2 * k.bytes_out for k in kernels
-                if category(k) == "D_u masks on the V-bar relays")
+    masks = sum(2 * k.bytes_out for name, k in labeled
+                if name == "D_u masks on the V-bar relays")
     print(f"\n## SAL, sweep of 64, {order} data order: {len(kernels)} kernels,"
           f" {total / 1e6:.1f} MB a step\n")
     print("| kernels | how many | MB a step | share |\n|---|---|---|---|")

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The speed issue's GPU rows, as one call to a GPU machine: the rows behind
-# RESULTS.md's targets table with the library's defaults (these calls took
-# about 190 s on the H200 of GPU run 6). The comparisons GPU runs 4 to 6 made
-# are in results/h200_run*/README.md (run 4's script is in git history at
-# cd2a05b; run 6's scripts are beside its README). Each call's rows come from
+# RESULTS.md's targets table with the library's defaults and with the opt-in
+# bf16 products (these calls took
+# about 190 s on the H200 of GPU run 6, before the two bf16 calls were added).
+# The comparisons GPU runs 4 to 7 made are in results/h200_run*/README.md
+# (run 4's script is in git history at cd2a05b; run 6's scripts and run 7's
+# kernel are beside their READMEs). Each call's rows come from
 # the same machine, so ratios within one call are comparable.
 #
 #   [CALL_TIMEOUT=S] bash experiments/gpu_speed_check.sh OUT_DIR [DATA_DIR] [benchmark flags]
@@ -45,6 +47,12 @@ bench default --methods=backprop,sal "$@" || status=1
 # grid of hyperparameters on one seed).
 bench sweep64 --methods=sal --sweep=64 "$@" || status=1
 bench sweep64_shared --methods=sal --sweep=64 --sweep_order=shared "$@" \
+    || status=1
+# The same with the products' operands rounded to bfloat16 (BUILD.md, "Speed
+# knobs"; GPU run 7 timed them 9-11% faster than TF32).
+bf16=--precision=BF16_BF16_F32
+bench bf16 --methods=backprop,sal --sweep=64 "$bf16" "$@" || status=1
+bench bf16_shared --methods=sal --sweep=64 --sweep_order=shared "$bf16" "$@" \
     || status=1
 # SAL's wider feedback streams (ratio sqrt5, sqrt8).
 bench ratios --methods=sal_sqrt5,sal_sqrt8 "$@" || status=1

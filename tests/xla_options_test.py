@@ -1,6 +1,8 @@
 """The XLA options the library compiles with, and how a user overrides them."""
 
+import functools
 import os
+import re
 import subprocess
 import sys
 
@@ -9,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import sal_jax as sj
+from sal_jax import train
 from sal_jax import xla_options
 
 
@@ -46,3 +50,26 @@ def test_library_compiler_options_are_known_to_xla_and_change_no_result(
   chex.assert_trees_all_close(
       jax.jit(fn, compiler_options=getattr(xla_options, options))(x, w),
       jax.jit(fn)(x, w), rtol=1e-6)
+
+
+def test_bf16_precision_reaches_every_matrix_product_of_a_sal_step():
+  # BUILD.md's GPU speed option: bf16 operands, float32 sums. Every product
+  # of the step (forward 4, feedback 3, relays through V and V̄ 3 + 3, rules
+  # 13) must carry it; the lowering is the same for every backend.
+  circuit = sj.Circuit((12, 8, 8, 8, 3), method="sal", batched_products=False)
+  optimizer = sj.reference_optimizer(circuit)
+  state = sj.init_state(jax.random.key(0), circuit, optimizer)
+  batch = (jnp.zeros((4, 12)), jnp.zeros((4,), jnp.int32))
+  step = jax.jit(functools.partial(train.train_step, circuit, optimizer))
+
+  def products(precision):
+    with xla_options.matmul_precision(precision):
+      text = step.lower(state, batch).as_text()
+    return re.findall(r"stablehlo\.dot_general[^\n]*", text)
+
+  bf16 = products("BF16_BF16_F32")
+  assert len(bf16) == 26
+  for product in bf16:
+    assert "lhs_precision_type = bf16, rhs_precision_type = bf16, " \
+           "accumulation_type = f32" in product, product
+  assert not any("algorithm" in product for product in products(None))

@@ -52,6 +52,7 @@ from experiments import speed_flags
 import sal_jax as sj
 from sal_jax import circuit as circuit_lib
 from sal_jax import datasets
+from sal_jax import losses
 from sal_jax import loop
 from sal_jax import optim
 from sal_jax import rules
@@ -78,7 +79,7 @@ _MEMBERS = flags.DEFINE_integer(
 _UNROLL = flags.DEFINE_integer("unroll", 1, "lax.scan's unroll.")
 _PRECISION = flags.DEFINE_string(
     "precision", "", "jax.default_matmul_precision while timing, e.g. "
-    "BF16_BF16_F32 (XLA's products only: with it the kernel is not run).")
+    "BF16_BF16_F32 (GPU run 7 timed it without the kernel: --tiles=).")
 
 BATCH = reference_mlp.BATCH
 CIRCUIT = reference_mlp.CIRCUITS["sal"]
@@ -173,23 +174,27 @@ def fused_plasticity(circuit, weights, up, down, multipliers, *, tiles,
   assert set(circuit.plastic_families) == {"w_bar", "v", "v_bar"}
   relays = rules.upstream_feedback(weights, down, batched=False)
   last = len(weights.w) - 1
-  # a^l for l >= 1 as (h^l, ReLU in the kernel); a^0 is the input itself.
-  pre_a = [(up.a[0], False)] + [(h, True) for h in up.h[:-1]]
-  args = {  # (post, pre, mask source or None, relu_pre) per matrix
-      "w": [(relays[l], *pre_a[l][:1], up.h[l] if l < last else None,
-             pre_a[l][1]) for l in range(len(weights.w))],
-      "w_bar": [(p, q, None, False) for p, q in rules.w_bar_factors(
+
+  def activity(l):
+    """a^l as (array, whether the kernel applies the ReLU): h^l for l >= 1,
+    so that XLA need not write ReLU(h^l) for the kernel to read."""
+    return (up.a[0], False) if l == 0 else (up.h[l - 1], True)
+
+  args = {  # (post, pre, relu_pre, mask source or None) per matrix
+      "w": [(relays[l], *activity(l), up.h[l] if l < last else None)
+            for l in range(len(weights.w))],
+      "w_bar": [(p, q, False, None) for p, q in rules.w_bar_factors(
           weights, up, down, batched=False)],
-      "v": [(b, *pre_a[i + 1][:1], None, pre_a[i + 1][1])
+      "v": [(b, *activity(i + 1), None)
             for i, (b, _) in enumerate(rules.v_factors(weights, up, down))],
-      "v_bar": [(p, q, None, False) for p, q in rules.v_bar_factors(
+      "v_bar": [(p, q, False, None) for p, q in rules.v_bar_factors(
           weights, up, down, circuit.v_bar_signal)],
   }
   families, scaled_sq = [], []
   for f, name in enumerate(circuit_lib.FAMILIES):
     results = [rule_product(post, pre, mask, relu_pre=relu, tiles=tiles,
                             interpret=interpret)
-               for post, pre, mask, relu in args[name]]
+               for post, pre, relu, mask in args[name]]
     families.append(tuple(g for g, _ in results))
     scaled_sq += [jnp.ravel(sq) * multipliers[f] ** 2 for _, sq in results]
   # One small reduction (XLA fuses the concatenation into it).
@@ -241,7 +246,7 @@ def fused_step(circuit, optimizer, tiles, interpret, state, batch):
       circuit, state.weights, up, down,
       state.opt_state.hyperparams["multipliers"], tiles=tiles,
       interpret=interpret)
-  loss = sj.losses.LOSSES[circuit.loss]
+  loss = losses.LOSSES[circuit.loss]
   metrics = {"loss": jnp.sum(loss.value(up.output, batch[1]) / BATCH),
              "accuracy": jnp.sum(loss.correct(up.output, batch[1]) / BATCH)}
   updates, opt_state = optimizer.update(grads, state.opt_state, state.weights,

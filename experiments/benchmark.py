@@ -62,7 +62,8 @@ _LIST_OPS = flags.DEFINE_bool(
     "top-level operation, instead of timing it.")
 _PRECISION = flags.DEFINE_string(
     "precision", "", "jax.default_matmul_precision for the whole run, e.g. "
-    "highest (full float32) or tensorfloat32; empty: the backend's default.")
+    "highest (full float32), tensorfloat32 or BF16_BF16_F32 (bfloat16 "
+    "operands, float32 sums); empty: the backend's default.")
 _METHODS = flags.DEFINE_list(
     "methods", None, "Rows to run (default all): backprop, sgd, fa, kp, sal, "
     "sal_sqrt5, sal_sqrt8.")

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # The speed issue's GPU rows, as one call to a GPU machine: the rows behind
 # RESULTS.md's targets table with the library's defaults and with the opt-in
-# bf16 products (these calls took
-# about 190 s on the H200 of GPU run 6, before the two bf16 calls were added).
-# The comparisons GPU runs 4 to 7 made are in results/h200_run*/README.md
-# (run 4's script is in git history at cd2a05b; run 6's scripts and run 7's
-# kernel are beside their READMEs). Each call's rows come from
-# the same machine, so ratios within one call are comparable.
+# bf16 products (these calls took about 190 s on the H200 of GPU run 6, before
+# the two bf16 calls were added). The comparisons GPU runs 4 to 7 made are in
+# results/h200_run*/README.md (run 4's script is in git history at cd2a05b;
+# run 6's scripts and run 7's kernel are beside their READMEs). Each call's
+# rows come from the same machine, so ratios within one call are comparable.
 #
 #   [CALL_TIMEOUT=S] bash experiments/gpu_speed_check.sh OUT_DIR [DATA_DIR] [benchmark flags]
 #

@@ -99,11 +99,10 @@ def matmul_precision(value: str | None):
   "highest" is full float32, and "BF16_BF16_F32" rounds the operands to
   bfloat16 and sums in float32, faster on a GPU (on an H200, SAL's sweep of
   64 about 10% faster, SAL's Table 1 cell within its spread: RESULTS.md,
-  "Speed").
-  XLA:CPU computes the library's float32 products in float32 whatever is
-  asked (a SAL step under "BF16_BF16_F32" came out bitwise the same), and
-  rejects that algorithm for a product with a 1 x 1 result. Raises ValueError naming a
-  value JAX rejects, before anything is traced.
+  "Speed"). XLA:CPU computes the library's float32 products in float32
+  whatever is asked (a SAL step under "BF16_BF16_F32" came out bitwise the
+  same), and rejects that algorithm for a product with a 1 x 1 result.
+  Raises ValueError naming a value JAX rejects, before anything is traced.
   """
   value = value or None
   try:

@@ -44,6 +44,7 @@ from absl import flags
 import jax
 from jax.experimental import topologies
 import jax.numpy as jnp
+import optax
 
 from experiments import files
 from experiments import hlo_kernels
@@ -94,12 +95,21 @@ def gpu_circuit(circuit: sj.Circuit, models: int) -> sj.Circuit:
 
 def compile_step(device, name: str, circuit: sj.Circuit, models: int,
                  compiler_options: dict):
-  """The row's step (vmapped over ``models`` if more than one) as a scanned
+  """The row's step, compiled as ``compile_program`` compiles a step."""
+  optimizer = sj.reference_optimizer(circuit)
+  return compile_program(device, reference_mlp.step_fn(name, circuit,
+                                                       optimizer),
+                         circuit, optimizer, models, compiler_options)
+
+
+def compile_program(device, step, circuit: sj.Circuit,
+                    optimizer: optax.GradientTransformation, models: int,
+                    compiler_options: dict):
+  """``step(state, batch)`` of the reference MLP (vmapped over ``models`` if
+  more than one, its states from ``circuit`` and ``optimizer``) as a scanned
   epoch runs it (``loop.gathered_step``): its batch gathered from uint8
   images on the device and preprocessed, then the step; compiled."""
-  optimizer = sj.reference_optimizer(circuit)
-  gathered_step = loop.gathered_step(
-      reference_mlp.step_fn(name, circuit, optimizer))
+  gathered_step = loop.gathered_step(step)
   key = jax.random.key(0)
   own_batches = models > 1 and not speed_flags.shared_order()
   batches = models if own_batches else 1

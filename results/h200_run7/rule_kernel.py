@@ -398,7 +398,6 @@ def compile_for_h100():
   orders), as ``experiments.gpu_program`` counts them."""
   jax.config.update("jax_platforms", "cpu")
   device = gpu_program.target_device(pathlib.Path(flags.FLAGS.target))
-  sharding = jax.sharding.SingleDeviceSharding(device)
   print(f"# compiled for {device.device_kind}, jax {jax.__version__}")
   print("| step | models | kernels | MB/step |\n|---|---|---|---|")
   reference, fused = optim.reference(CIRCUIT), fused_optimizer(CIRCUIT)
@@ -412,24 +411,9 @@ def compile_for_h100():
         fused_step, CIRCUIT, fused, tiles, False), fused)
                  for tiles in map(Tiles.parse, _TILES.value)]
     for name, step, optimizer in variants:
-      run = loop.gathered_step(step)
-      n = members * BATCH
-      data = (jnp.zeros((n, 784), jnp.uint8), jnp.zeros((n,), jnp.int32),
-              jnp.zeros((members, BATCH) if members > 1 else (BATCH,),
-                        jnp.int32))
-      with jax.default_device(jax.devices("cpu")[0]):
-        if members == 1:
-          state = sj.init_state(jax.random.key(0), CIRCUIT, optimizer)
-        else:
-          state = loop.init_sweep(jax.random.split(jax.random.key(0), members),
-                                  CIRCUIT, optimizer)
-          run = jax.vmap(run, in_axes=(0, None, None, 0))
-      shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-          x.shape, x.dtype, sharding=sharding), (state, *data))
-      compiled = jax.jit(run, donate_argnums=0,
-                         compiler_options=speed_flags.compiler_options()).trace(
-                             *shapes).lower(lowering_platforms=("cuda",)
-                                            ).compile()
+      compiled = gpu_program.compile_program(
+          device, step, circuit, optimizer, members,
+          speed_flags.compiler_options())
       kernels = hlo_kernels.kernels(compiled.as_text())
       print(f"| {name} | {members} | {len(kernels)} | "
             f"{sum(k.bytes for k in kernels) / 1e6:.1f} |", flush=True)

@@ -3,6 +3,7 @@
 from sal_jax.circuit import Circuit
 from sal_jax.circuit import downstream
 from sal_jax.circuit import init_weights
+from sal_jax.circuit import UPDATE_DTYPES
 from sal_jax.circuit import upstream
 from sal_jax.circuit import Weights
 from sal_jax.diagnostics import effective_rank
@@ -19,6 +20,7 @@ from sal_jax.train import TrainState
 __all__ = [
     "Circuit", "downstream", "effective_rank", "evaluate", "init_state",
     "init_weights", "LOSSES", "make_step", "METHODS", "plasticity",
-    "reference_optimizer", "train_step", "TrainState", "upstream", "Weights",
+    "reference_optimizer", "train_step", "TrainState", "UPDATE_DTYPES",
+    "upstream", "Weights",
 ]
 __version__ = "0.1.0"

@@ -33,6 +33,7 @@ Array = jax.Array
 NONLINEARITIES = ("identity", "relu", "tanh", "relu_jacobian")
 V_BAR_SIGNALS = ("preactivation", "activity")
 FAMILIES = ("w", "w_bar", "v", "v_bar")
+UPDATE_DTYPES = ("float32", "bfloat16")  # G and momentum; weights stay float32
 
 
 class Weights(NamedTuple):
@@ -91,6 +92,12 @@ class Circuit:
       accelerator). None: on accelerators, off on CPU, where XLA runs the
       batched form slower (RESULTS.md), and off in vmapped sweeps
       (``loop.sweep_circuit``).
+    update_dtype: the dtype the rules write G in, one of ``UPDATE_DTYPES``;
+      None: the weights' (float32). "bfloat16" rounds each entry of G to 8
+      significant bits (the product sums in float32 first; the weights and
+      the optimizer's arithmetic stay float32) and halves G's memory traffic
+      from the rules to the optimizer, which bounds a GPU sweep's step
+      (RESULTS.md, "Speed").
   """
   widths: tuple[int, ...]
   ratio: float = 1.0
@@ -101,6 +108,7 @@ class Circuit:
   loss: str = "softmax_cross_entropy"
   mirror_noise_std: float = 1.0
   batched_products: bool | None = None
+  update_dtype: str | None = None
 
   def __post_init__(self):
     widths = tuple(int(d) for d in self.widths)
@@ -153,6 +161,10 @@ class Circuit:
     if self.batched_products not in (None, True, False):
       raise ValueError("batched_products must be True, False or None (by "
                        f"backend), got {self.batched_products!r}")
+    if self.update_dtype is not None and self.update_dtype not in UPDATE_DTYPES:
+      raise ValueError(
+          f"unknown update_dtype {self.update_dtype!r}; expected one of "
+          f"{UPDATE_DTYPES} or None (the weights' dtype)")
     if self.mirror_noise_std <= 0:
       raise ValueError(
           f"mirror_noise_std must be positive, got {self.mirror_noise_std}")

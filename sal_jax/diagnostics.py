@@ -12,8 +12,9 @@ Array = jax.Array
 
 
 def cosine(a: Array, b: Array) -> Array:
-  """Cosine similarity of two arrays, flattened."""
-  a, b = a.ravel(), b.ravel()
+  """Cosine similarity of two arrays, flattened, in float32 (or wider)."""
+  a = a.ravel().astype(jnp.promote_types(a.dtype, jnp.float32))
+  b = b.ravel().astype(jnp.promote_types(b.dtype, jnp.float32))
   return jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + 1e-30)
 
 

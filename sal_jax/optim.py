@@ -57,6 +57,7 @@ def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
   optax reduces every matrix on its own (two kernels each on a GPU, 26 for
   SAL's 13 matrices); here the updates are raveled into one vector, which XLA
   fuses into a single reduction. Same result up to float summation order.
+  The norm is summed in float32 whatever the updates' dtype.
   Whether the clip binds is part of a rule's dynamics, so the state counts
   the updates it shortened (``ClipState``; read it with ``clip_statistics``).
   Counting costs one small kernel per step of one model on a GPU, none in a
@@ -70,7 +71,8 @@ def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
 
   def update_fn(updates, state, params=None):
     del params
-    flat = jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(updates)])
+    flat = jnp.concatenate([jnp.ravel(g).astype(jnp.float32)
+                            for g in jax.tree.leaves(updates)])
     norm = jnp.sqrt(jnp.sum(flat * flat))
     keep = norm < max_norm
     clipped = jax.tree.map(
@@ -110,6 +112,7 @@ def reference(circuit: circuit_lib.Circuit,
               weight_decay: float = 1e-3,
               clip_norm: float | None = 50.0,
               multipliers: Sequence[float] = REFERENCE_MULTIPLIERS,
+              momentum_dtype: str | None = None,
               ) -> optax.GradientTransformation:
   """The reference chain: multipliers, clip, decay, SGD with momentum.
 
@@ -121,6 +124,12 @@ def reference(circuit: circuit_lib.Circuit,
     weight_decay: γ, applied to plastic families after the multipliers.
     clip_norm: global-norm bound of the scaled updates; None disables it.
     multipliers: per-family multipliers (W, W̄, V, V̄).
+    momentum_dtype: the dtype the momentum is stored in, one of
+      ``circuit.UPDATE_DTYPES``; None: the weights' (float32). "bfloat16"
+      rounds it to 8 significant bits after each step (it is accumulated in
+      float32) and takes a fifth off the update's memory traffic (read G, the
+      weights and the momentum, write the last two), which bounds a GPU
+      sweep's step (RESULTS.md, "Speed").
 
   Returns:
     An ``optax.inject_hyperparams`` transformation whose state carries, as
@@ -139,6 +148,11 @@ def reference(circuit: circuit_lib.Circuit,
     raise ValueError(
         f"multipliers must be four non-negative numbers (W, W̄, V, V̄), got "
         f"{tuple(multipliers)}")
+  if (momentum_dtype is not None
+      and momentum_dtype not in circuit_lib.UPDATE_DTYPES):
+    raise ValueError(
+        f"unknown momentum_dtype {momentum_dtype!r}; expected one of "
+        f"{circuit_lib.UPDATE_DTYPES} or None (the weights' dtype)")
   mask = _plastic_mask(circuit.plastic_families)
 
   def chain(learning_rate, momentum, weight_decay, multipliers,
@@ -147,7 +161,8 @@ def reference(circuit: circuit_lib.Circuit,
         (clip_by_global_norm(clip_norm) if clip_norm is not None
          else optax.identity()),
         optax.add_decayed_weights(weight_decay),
-        optax.sgd(learning_rate, momentum=momentum),
+        optax.sgd(learning_rate, momentum=momentum,
+                  accumulator_dtype=momentum_dtype),
     )
     return optax.chain(scale_by_family(multipliers),
                        optax.masked(plastic_chain, mask))

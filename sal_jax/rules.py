@@ -18,7 +18,8 @@ every matrix gets its own product, and so does every member of a vmapped sweep
 
 ``plasticity`` returns G = -ΔM (decay excluded) with the tree structure of the
 weights, so that it can be fed to any optax chain as if it were a gradient;
-the weight decay -γM belongs to the optimizer.
+the weight decay -γM belongs to the optimizer. ``Circuit.update_dtype`` may
+store G in bfloat16 (XLA rounds it in the product's epilogue).
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
     key: PRNG key, needed by weight mirroring only.
 
   Returns:
-    Updates with the tree structure of ``weights``, signed like gradients.
+    Updates with the tree structure of ``weights``, signed like gradients,
+    in ``circuit.update_dtype`` if set (the products sum in float32 first).
   """
   plastic = circuit.plastic_families
   batched = circuit.uses_batched_products
@@ -170,7 +172,9 @@ def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
 
   deltas = iter(outer_means([p for name in factors for p in factors[name]],
                             batched))
+  dtype = circuit.update_dtype  # None keeps each matrix's own
   return Weights(*(
-      tuple(-next(deltas) for _ in family) if name in factors
-      else tuple(jnp.zeros_like(m) for m in family)
+      tuple((-next(deltas)).astype(dtype or m.dtype) for m in family)
+      if name in factors else
+      tuple(jnp.zeros_like(m, dtype=dtype) for m in family)
       for name, family in zip(circuit_lib.FAMILIES, weights)))

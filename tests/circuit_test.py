@@ -138,6 +138,8 @@ def mnist_or_generated():
     (dict(widths=(6, 8, 4), loss="hinge"), "unknown loss"),
     (dict(widths=(6, 8, 4), batched_products="off"),
      "batched_products must be True, False or None"),
+    (dict(widths=(6, 8, 4), update_dtype="float16"),
+     "unknown update_dtype 'float16'"),
 ])
 def test_bad_configuration_raises_value_error_naming_it(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -149,6 +151,7 @@ def test_bad_configuration_raises_value_error_naming_it(kwargs, message):
     (dict(weight_decay=-1e-3), "weight_decay must be non-negative"),
     (dict(momentum=1.5), "momentum"),
     (dict(multipliers=(1, 2)), "multipliers"),
+    (dict(momentum_dtype="float16"), "unknown momentum_dtype 'float16'"),
 ])
 def test_bad_optimizer_settings_raise_value_error(kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -12,21 +12,33 @@ SCRIPT = textwrap.dedent("""
     from sal_jax import loop, parallel
     assert jax.device_count() == 4, jax.devices()
     rng = np.random.default_rng(0)
+    mesh = parallel.data_mesh()
+
+    def three_steps(circuit, opt):
+      single = sj.init_state(jax.random.key(0), circuit, opt)
+      sharded = parallel.replicate(jax.tree.map(jnp.copy, single), mesh)
+      step = sj.make_step(circuit, opt, diagnostics=True)
+      pstep = parallel.make_parallel_step(circuit, opt, mesh, diagnostics=True)
+      for _ in range(3):
+        x = rng.standard_normal((8, 12)).astype(np.float32)
+        y = rng.integers(0, 5, 8).astype(np.int32)
+        single, m1 = step(single, (x, y))
+        sharded, m2 = pstep(sharded, (x, y))
+      chex.assert_trees_all_close(
+          (single.weights, single.opt_state, m1),
+          (sharded.weights, sharded.opt_state, m2), rtol=1e-5, atol=1e-6)
+      assert len(sharded.weights.w[0].sharding.device_set) == 4
+      return pstep, sharded, (x, y)
+
+    # The bfloat16 storage too: the devices sum G's partial products in
+    # float32 and round the sum, as one device rounds its product.
+    circuit = sj.Circuit(widths=(12, 16, 16, 5), ratio=1.5, method="sal",
+                         update_dtype="bfloat16")
+    three_steps(circuit, sj.reference_optimizer(
+        circuit, learning_rate=0.05, momentum_dtype="bfloat16"))
     circuit = sj.Circuit(widths=(12, 16, 16, 5), ratio=1.5, method="sal")
     opt = sj.reference_optimizer(circuit, learning_rate=0.05)
-    mesh = parallel.data_mesh()
-    single = sj.init_state(jax.random.key(0), circuit, opt)
-    sharded = parallel.replicate(jax.tree.map(jnp.copy, single), mesh)
-    step = sj.make_step(circuit, opt, diagnostics=True)
-    pstep = parallel.make_parallel_step(circuit, opt, mesh, diagnostics=True)
-    for _ in range(3):
-      x = rng.standard_normal((8, 12)).astype(np.float32)
-      y = rng.integers(0, 5, 8).astype(np.int32)
-      single, m1 = step(single, (x, y))
-      sharded, m2 = pstep(sharded, (x, y))
-    chex.assert_trees_all_close((single.weights, m1), (sharded.weights, m2),
-                                rtol=1e-5, atol=1e-6)
-    assert len(sharded.weights.w[0].sharding.device_set) == 4
+    pstep, sharded, (x, y) = three_steps(circuit, opt)
     try:
       pstep(sharded, (x[:6], y[:6]))
       raise SystemExit("no error for a batch of 6 on 4 devices")

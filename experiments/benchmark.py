@@ -22,7 +22,6 @@ a test: timings on shared machines are noisy, so compare ratios within one run.
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import platform
 import statistics
@@ -111,7 +110,7 @@ def compile_step(step, circuit, optimizer):
 
 def list_ops(name, circuit):
   """``step_ops`` of one row's step."""
-  optimizer = sj.reference_optimizer(circuit)
+  optimizer = speed_flags.optimizer(circuit)
   return step_ops(compile_step(_jit_step(name, circuit, optimizer), circuit,
                                optimizer))
 
@@ -143,7 +142,7 @@ def epoch_program(name, circuit, members, unroll, shared_order):
   initial state and key it starts from. ``members``: None for one model, N
   for a vmapped sweep of N (states and keys then stacked; one key for all if
   ``shared_order``)."""
-  optimizer = sj.reference_optimizer(circuit)
+  optimizer = speed_flags.optimizer(circuit)
   key = jax.random.key(0)
   if members is None:
     return (epoch_fn(name, circuit, optimizer, unroll),
@@ -190,7 +189,7 @@ def epoch_runs(name, circuit, images, labels, sweep, unroll,
 
 
 def bench_row(name, circuit, host_data, repeats, sweep, unroll):
-  optimizer = sj.reference_optimizer(circuit)
+  optimizer = speed_flags.optimizer(circuit)
   host_images, host_labels = host_data
   images, labels = jax.device_put(host_images), jax.device_put(host_labels)
   n = images.shape[0]
@@ -244,14 +243,12 @@ def _ratio(value):
 
 
 def row_circuits(names):
-  """The rows' circuits, with ``--batched`` applied; UsageError for a name
-  that is not a row."""
+  """The rows' circuits, with ``--batched`` and ``--update_dtype`` applied;
+  UsageError for a name that is not a row."""
   unknown = sorted(set(names) - set(CIRCUITS))
   if unknown:
     raise app.UsageError(f"unknown --methods {unknown}; expected {list(CIRCUITS)}")
-  batched = speed_flags.batched_products()
-  return {name: dataclasses.replace(CIRCUITS[name], batched_products=batched)
-          for name in names}
+  return {name: speed_flags.row_circuit(CIRCUITS[name]) for name in names}
 
 
 def matmul_precision():

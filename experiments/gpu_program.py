@@ -5,6 +5,7 @@ r"""Kernels and memory traffic of a training step compiled for a GPU, without on
         [--sweep_order=own|shared] [--batched=auto|on|off]
         [--xla_options=library|xla]
         [--xla_option=NAME=VALUE ...]
+        [--update_dtype=float32|bfloat16] [--momentum_dtype=float32|bfloat16]
         [--target=FILE] [--list_kernels=N] [--json=FILE]
 
 XLA:GPU compiles the step of the reference MLP (784-200-200-200-10, batch 256)
@@ -96,7 +97,7 @@ def gpu_circuit(circuit: sj.Circuit, models: int) -> sj.Circuit:
 def compile_step(device, name: str, circuit: sj.Circuit, models: int,
                  compiler_options: dict):
   """The row's step, compiled as ``compile_program`` compiles a step."""
-  optimizer = sj.reference_optimizer(circuit)
+  optimizer = speed_flags.optimizer(circuit)
   return compile_program(device, reference_mlp.step_fn(name, circuit,
                                                        optimizer),
                          circuit, optimizer, models, compiler_options)
@@ -138,9 +139,8 @@ def compile_program(device, step, circuit: sj.Circuit,
 
 def program_row(device, name: str, models: int) -> dict:
   """One row: the compiled step's kernels and traffic, or why it failed."""
-  circuit = gpu_circuit(dataclasses.replace(
-      reference_mlp.CIRCUITS[name],
-      batched_products=speed_flags.batched_products()), models)
+  circuit = gpu_circuit(
+      speed_flags.row_circuit(reference_mlp.CIRCUITS[name]), models)
   row = {"method": name, "models": models,
          "batched_products": circuit.batched_products}
   try:

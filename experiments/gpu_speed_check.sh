@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The speed issue's GPU rows, as one call to a GPU machine: the rows behind
 # RESULTS.md's targets table with the library's defaults and with the opt-in
-# bf16 products (these calls took about 190 s on the H200 of GPU run 6, before
-# the two bf16 calls were added). The comparisons GPU runs 4 to 7 made are in
-# results/h200_run*/README.md (run 4's script is in git history at cd2a05b;
-# run 6's scripts and run 7's kernel are beside their READMEs). Each call's
-# rows come from the same machine, so ratios within one call are comparable.
+# bf16 products and storage (these calls took about 190 s on the H200 of GPU
+# run 6, before the three bf16 calls were added). The comparisons GPU runs 4
+# to 7 made are in results/h200_run*/README.md (run 4's script is in git
+# history at cd2a05b; run 6's scripts and run 7's kernel are beside their
+# READMEs). Each call's rows come from the same machine, so ratios within one
+# call are comparable.
 #
 #   [CALL_TIMEOUT=S] bash experiments/gpu_speed_check.sh OUT_DIR [DATA_DIR] [benchmark flags]
 #
@@ -53,6 +54,11 @@ bf16=--precision=BF16_BF16_F32
 bench bf16 --methods=backprop,sal --sweep=64 "$bf16" "$@" || status=1
 bench bf16_shared --methods=sal --sweep=64 --sweep_order=shared "$bf16" "$@" \
     || status=1
+# And with the updates G and the momentum stored in bfloat16 (BUILD.md, "Speed
+# knobs"; not yet timed on a GPU: XLA's H100 compile moves 17.6% fewer bytes a
+# step for SAL's sweep of 64).
+bench bf16_storage --methods=backprop,sal --sweep=64 "$bf16" \
+    --update_dtype=bfloat16 --momentum_dtype=bfloat16 "$@" || status=1
 # SAL's wider feedback streams (ratio sqrt5, sqrt8).
 bench ratios --methods=sal_sqrt5,sal_sqrt8 "$@" || status=1
 # Compiles, briefly runs: the vmapped sweeps of sgd, fa and kp.

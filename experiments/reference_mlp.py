@@ -28,10 +28,11 @@ CIRCUITS = {
 }
 
 
-def backprop_step(optimizer, state, batch):
-  """The yardstick: autodiff gradient through the same optax chain."""
-  grads = diagnostics.loss_gradient(CIRCUITS["backprop"], state.weights.w,
-                                    batch)
+def backprop_step(circuit, optimizer, state, batch):
+  """The yardstick: autodiff gradient through the same optax chain (rounded
+  to ``circuit.update_dtype``, if set, as the rules' updates are)."""
+  grads = diagnostics.loss_gradient(circuit, state.weights.w, batch)
+  grads = tuple(g.astype(circuit.update_dtype or g.dtype) for g in grads)
   return train.apply_gradients(optimizer, state,
                                state.weights._replace(w=grads)), {}
 
@@ -39,5 +40,5 @@ def backprop_step(optimizer, state, batch):
 def step_fn(name, circuit, optimizer):
   """``step(state, batch) -> (state, metrics)`` of the row ``name``."""
   if name == "backprop":
-    return functools.partial(backprop_step, optimizer)
+    return functools.partial(backprop_step, circuit, optimizer)
   return functools.partial(train.train_step, circuit, optimizer)

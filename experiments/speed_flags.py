@@ -6,12 +6,15 @@ read the same settings, so that their tables can be compared.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 from absl import app
 from absl import flags
 import jax
+import optax
 
+import sal_jax as sj
 from sal_jax import xla_options
 
 BATCHED = flags.DEFINE_enum(
@@ -25,6 +28,13 @@ SWEEP_ORDER = flags.DEFINE_enum(
     "sweep_order", "own", ["own", "shared"], "A sweep's data order: each "
     "member its own shuffle (seeds), or one shared by all (a grid over "
     "hyperparameters on one seed).")
+UPDATE_DTYPE = flags.DEFINE_enum(
+    "update_dtype", "float32", list(sj.UPDATE_DTYPES), "The dtype the "
+    "circuit's rules write their updates G in (Circuit.update_dtype; the "
+    "backprop row's gradients are rounded to it too).")
+MOMENTUM_DTYPE = flags.DEFINE_enum(
+    "momentum_dtype", "float32", list(sj.UPDATE_DTYPES), "The dtype the "
+    "optimizer stores its momentum in (optim.reference's momentum_dtype).")
 XLA_OPTION = flags.DEFINE_multi_string(
     "xla_option", [], "NAME=VALUE: one more XLA compiler option on top of "
     "--xla_options (repeatable), e.g. "
@@ -32,9 +42,17 @@ XLA_OPTION = flags.DEFINE_multi_string(
     "numbers: numbers).")
 
 
-def batched_products() -> bool | None:
-  """``--batched`` as ``Circuit.batched_products``."""
-  return {"auto": None, "on": True, "off": False}[BATCHED.value]
+def row_circuit(circuit: sj.Circuit) -> sj.Circuit:
+  """A row's circuit with ``--batched`` and ``--update_dtype`` applied."""
+  return dataclasses.replace(
+      circuit,
+      batched_products={"auto": None, "on": True, "off": False}[BATCHED.value],
+      update_dtype=UPDATE_DTYPE.value)
+
+
+def optimizer(circuit: sj.Circuit) -> optax.GradientTransformation:
+  """The reference chain, its momentum stored in ``--momentum_dtype``."""
+  return sj.reference_optimizer(circuit, momentum_dtype=MOMENTUM_DTYPE.value)
 
 
 def shared_order() -> bool:
@@ -76,6 +94,8 @@ def settings() -> dict:
   """The settings, as the tools print them and write them to JSON (with
   the library's options that ``SAL_JAX_XLA_OPTIONS`` changed, if any)."""
   settings = {"sweep_order": SWEEP_ORDER.value, "batched": BATCHED.value,
+              "update_dtype": UPDATE_DTYPE.value,
+              "momentum_dtype": MOMENTUM_DTYPE.value,
               "xla_options": XLA_OPTIONS.value,
               "xla_option": list(XLA_OPTION.value)}
   if xla_options.ENVIRONMENT_OPTIONS:

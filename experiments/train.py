@@ -103,6 +103,7 @@ def make_circuit(config, data: Data, **overrides) -> sj.Circuit:
       ratio=config.ratio, method=config.method,
       nonlinearity=config.nonlinearity or None,
       v_bar_signal=config.v_bar_signal,
+      update_dtype=config.update_dtype or None,
       loss=config.loss or ("sigmoid_cross_entropy" if data.multi_label
                            else "softmax_cross_entropy"))
   kwargs.update(overrides)
@@ -115,7 +116,8 @@ def make_optimizer(config, circuit: sj.Circuit):
       circuit, learning_rate=config.learning_rate, momentum=config.momentum,
       weight_decay=config.weight_decay,
       clip_norm=config.clip_norm if config.clip_norm > 0 else None,
-      multipliers=tuple(config.multipliers))
+      multipliers=tuple(config.multipliers),
+      momentum_dtype=config.momentum_dtype or None)
 
 
 def seed_members(config, first_seed: int | None = None, **hyperparams):

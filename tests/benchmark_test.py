@@ -88,14 +88,17 @@ def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
   written = {p.stem: json.loads(p.read_text())
              for p in (tmp_path / "out").glob("*.json")}
   assert set(written) == {"schedule_identical", "default", "sweep64",
-                          "sweep64_shared", "bf16", "bf16_shared", "ratios",
-                          "methods_quick"}
+                          "sweep64_shared", "bf16", "bf16_shared",
+                          "bf16_storage", "ratios", "methods_quick"}
   assert written["schedule_identical"]["xla_option"] == [
       "xla_gpu_command_buffer_scheduling_mode=LHS"]
   assert written["default"]["xla_option"] == []
   assert written["sweep64_shared"]["sweep_order"] == "shared"
   assert written["bf16_shared"]["precision"] == "BF16_BF16_F32"
   assert written["default"]["precision"] == "default"
+  assert written["bf16_storage"]["update_dtype"] == "bfloat16"
+  assert written["bf16_storage"]["momentum_dtype"] == "bfloat16"
+  assert written["default"]["momentum_dtype"] == "float32"
   assert all(row["identical"] for row in written["schedule_identical"]["rows"])
 
 

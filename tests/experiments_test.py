@@ -298,6 +298,8 @@ def test_cli_out_of_device_memory_exits_2_with_one_line(tmp_path, data_dir):
     ("--config.unroll=0", "unroll must be positive"),
     ("--config.member_devices=-1", "member_devices must be between 0"),
     ("--config.matmul_precision=fp7", "bad matmul_precision 'fp7'"),
+    ("--config.update_dtype=fp8", "unknown update_dtype 'fp8'"),
+    ("--config.momentum_dtype=half", "unknown momentum_dtype 'half'"),
 ])
 def test_bad_setting_exits_nonzero_with_one_line_and_writes_nothing(
     tmp_path, data_dir, override, message):

@@ -154,3 +154,10 @@ def test_gpu_program_compiles_one_sal_step_for_an_h100_in_few_kernels(
   [shared] = json.loads(out.read_text())["rows"]
   assert abs(shared["state_mb"] - (4 * model_mb + batch_mb)) < 0.01
   assert shared["mb_per_step"] < four["mb_per_step"]
+  # Momentum stored in bfloat16 (half its 2.24 MB), G too: less traffic.
+  result = _gpu_program("--models=4", "--methods=sal", "--update_dtype=bfloat16",
+                        "--momentum_dtype=bfloat16", f"--json={out}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  [bf16] = json.loads(out.read_text())["rows"]
+  assert abs(bf16["state_mb"] - 4 * (0.75 * model_mb + batch_mb)) < 0.01
+  assert bf16["mb_per_step"] < 0.85 * four["mb_per_step"]

@@ -11,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -117,6 +118,25 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, data_dir):
   train.train_and_evaluate(config, tmp_path / "b")
   lines = _lines_without_timing(tmp_path / "a")
   assert len(lines) == 4 and lines == _lines_without_timing(tmp_path / "b")
+
+
+def test_bfloat16_storage_is_checkpointed_as_is_and_resumes_bitwise(
+    tmp_path, data_dir):
+  config = lambda epochs: _config(
+      data_dir, epochs=epochs, train_size=64, checkpoint_every=1,
+      update_dtype="bfloat16", momentum_dtype="bfloat16")
+  train.train_and_evaluate(config(3), tmp_path / "straight")
+  train.train_and_evaluate(config(1), tmp_path / "resumed")
+  train.train_and_evaluate(config(3), tmp_path / "resumed")
+  epoch_a, state_a = _final_state(tmp_path / "straight")
+  epoch_b, state_b = _final_state(tmp_path / "resumed")
+  assert epoch_a == epoch_b == 3
+  momentum = jax.tree.leaves(
+      optax.tree_utils.tree_get(state_b["opt_state"], "trace"))
+  assert momentum and {m.dtype for m in momentum} == {
+      np.dtype(jax.numpy.bfloat16)}
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_array_equal(a, b)  # bitwise
 
 
 def test_divergence_exits_nonzero_naming_epoch_step_method_and_rates(

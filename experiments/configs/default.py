@@ -30,6 +30,9 @@ def get_config(runlocal: bool | str = False) -> ml_collections.ConfigDict:
                             # default (TF32 on recent NVIDIA GPUs), "highest" =
                             # full float32 as on CPU, "BF16_BF16_F32" = bf16
                             # operands, float32 sums (faster on GPUs)
+  c.update_dtype = ""       # dtype of the rules' updates G: "" = the weights'
+                            # (float32), "bfloat16" = half their traffic
+  c.momentum_dtype = ""     # dtype the momentum is stored in, likewise
   c.epochs = 20
   c.seeds = 5
   c.seed = 0                # first seed; members use seed, seed+1, ...

@@ -57,7 +57,7 @@ def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
   optax reduces every matrix on its own (two kernels each on a GPU, 26 for
   SAL's 13 matrices); here the updates are raveled into one vector, which XLA
   fuses into a single reduction. Same result up to float summation order.
-  The norm is summed in float32 whatever the updates' dtype.
+  The norm is summed in float32 (or wider) whatever the updates' dtype.
   Whether the clip binds is part of a rule's dynamics, so the state counts
   the updates it shortened (``ClipState``; read it with ``clip_statistics``).
   Counting costs one small kernel per step of one model on a GPU, none in a
@@ -71,8 +71,9 @@ def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
 
   def update_fn(updates, state, params=None):
     del params
-    flat = jnp.concatenate([jnp.ravel(g).astype(jnp.float32)
-                            for g in jax.tree.leaves(updates)])
+    flat = jnp.concatenate([
+        jnp.ravel(g).astype(jnp.promote_types(g.dtype, jnp.float32))
+        for g in jax.tree.leaves(updates)])
     norm = jnp.sqrt(jnp.sum(flat * flat))
     keep = norm < max_norm
     clipped = jax.tree.map(

@@ -42,8 +42,8 @@ def test_bfloat16_updates_are_the_float32_rules_rounded_once(rng, method,
                                                              plastic):
   circuit = sj.Circuit(_WIDTHS, method=method, plastic=plastic)
   weights = sj.init_weights(jax.random.key(0), circuit)
-  up, down = train.forward_and_feedback(circuit, weights,
-                                        random_batch(rng, 6, 12, 3))
+  batch = random_batch(rng, 6, _WIDTHS[0], _WIDTHS[-1])
+  up, down = train.forward_and_feedback(circuit, weights, batch)
   rules = jax.jit(sj.plasticity, static_argnums=0)
   exact = rules(circuit, weights, up, down)
   rounded = rules(dataclasses.replace(circuit, update_dtype="bfloat16"),

@@ -2,7 +2,7 @@
 # The speed issue's GPU rows, as one call to a GPU machine: the rows behind
 # RESULTS.md's targets table with the library's defaults and with the opt-in
 # bf16 products and storage (these calls took about 190 s on the H200 of GPU
-# run 6, before the three bf16 calls were added). The comparisons GPU runs 4
+# run 6, before the four bf16 calls were added). The comparisons GPU runs 4
 # to 7 made are in results/h200_run*/README.md (run 4's script is in git
 # history at cd2a05b; run 6's scripts and run 7's kernel are beside their
 # READMEs). Each call's rows come from the same machine, so ratios within one
@@ -61,6 +61,11 @@ bench bf16_storage --methods=backprop,sal --sweep=64 "$bf16" \
     --update_dtype=bfloat16 --momentum_dtype=bfloat16 "$@" || status=1
 # SAL's wider feedback streams (ratio sqrt5, sqrt8).
 bench ratios --methods=sal_sqrt5,sal_sqrt8 "$@" || status=1
+# The same with bf16 products and storage: their sweeps of 16 move 21% fewer
+# bytes, their single models 17% fewer (XLA's H100 compile), which may lift the
+# sweep's gain toward 4x.
+bench ratios_bf16 --methods=sal_sqrt5,sal_sqrt8 "$bf16" --update_dtype=bfloat16 \
+    --momentum_dtype=bfloat16 "$@" || status=1
 # Compiles, briefly runs: the vmapped sweeps of sgd, fa and kp.
 bench methods_quick --methods=sgd,fa,kp --quick || status=1
 echo "== done (at ${SECONDS} s)"

@@ -89,7 +89,8 @@ def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
              for p in (tmp_path / "out").glob("*.json")}
   assert set(written) == {"schedule_identical", "default", "sweep64",
                           "sweep64_shared", "bf16", "bf16_shared",
-                          "bf16_storage", "ratios", "methods_quick"}
+                          "bf16_storage", "ratios", "ratios_bf16",
+                          "methods_quick"}
   assert written["schedule_identical"]["xla_option"] == [
       "xla_gpu_command_buffer_scheduling_mode=LHS"]
   assert written["default"]["xla_option"] == []
@@ -99,6 +100,7 @@ def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
   assert written["bf16_storage"]["update_dtype"] == "bfloat16"
   assert written["bf16_storage"]["momentum_dtype"] == "bfloat16"
   assert written["default"]["momentum_dtype"] == "float32"
+  assert written["ratios_bf16"]["update_dtype"] == "bfloat16"
   assert all(row["identical"] for row in written["schedule_identical"]["rows"])
 
 

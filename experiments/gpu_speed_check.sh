@@ -8,9 +8,10 @@
 # READMEs). Each call's rows come from the same machine, so ratios within one
 # call are comparable.
 #
-#   [CALL_TIMEOUT=S] bash experiments/gpu_speed_check.sh OUT_DIR [DATA_DIR] [benchmark flags]
+#   [CALL_TIMEOUT=S] [ONLY="NAME ..."] bash experiments/gpu_speed_check.sh OUT_DIR [DATA_DIR] [benchmark flags]
 #
 # CALL_TIMEOUT: seconds after which one call is stopped (default: none).
+# ONLY: the calls to make, by name (default: all), for a GPU lent for minutes.
 # Writes OUT_DIR/<name>.md (the table), <name>.json (the rows) and <name>.log.
 # A comparison that fails does not stop the others; the exit status says so.
 set -euo pipefail
@@ -23,6 +24,9 @@ status=0
 run() {  # name module [flags]: one call of an experiments module
   local name=$1 module=$2
   shift 2
+  if [[ -n "${ONLY:-}" && " $ONLY " != *" $name "* ]]; then
+    return 0
+  fi
   echo "== $name: $* (at ${SECONDS} s)"
   timeout "${CALL_TIMEOUT:-0}" python3 -m "experiments.$module" \
       --data_dir="$data" --json="$out/$name.json" "$@" \

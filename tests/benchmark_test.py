@@ -104,6 +104,17 @@ def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
   assert all(row["identical"] for row in written["schedule_identical"]["rows"])
 
 
+def test_gpu_speed_check_script_makes_only_the_calls_named_in_only(tmp_path):
+  result = subprocess.run(
+      ["bash", str(ROOT / "experiments" / "gpu_speed_check.sh"),
+       str(tmp_path), str(tmp_path / "no_data"), "--quick", "--methods=sal"],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+                         ONLY="bf16 bf16_storage"),
+      capture_output=True, text=True, timeout=380, check=False)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  assert {p.stem for p in tmp_path.glob("*.json")} == {"bf16", "bf16_storage"}
+
+
 def test_gpu_speed_check_script_says_which_comparisons_failed(tmp_path):
   result = subprocess.run(
       ["bash", str(ROOT / "experiments" / "gpu_speed_check.sh"),

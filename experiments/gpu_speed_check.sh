@@ -61,15 +61,16 @@ bench bf16_shared --methods=sal --sweep=64 --sweep_order=shared "$bf16" "$@" \
 # And with the updates G and the momentum stored in bfloat16 (BUILD.md, "Speed
 # knobs"; not yet timed on a GPU: XLA's H100 compile moves 17.6% fewer bytes a
 # step for SAL's sweep of 64).
-bench bf16_storage --methods=backprop,sal --sweep=64 "$bf16" \
-    --update_dtype=bfloat16 --momentum_dtype=bfloat16 "$@" || status=1
+storage=(--update_dtype=bfloat16 --momentum_dtype=bfloat16)
+bench bf16_storage --methods=backprop,sal --sweep=64 "$bf16" "${storage[@]}" \
+    "$@" || status=1
 # SAL's wider feedback streams (ratio sqrt5, sqrt8).
 bench ratios --methods=sal_sqrt5,sal_sqrt8 "$@" || status=1
 # The same with bf16 products and storage: their sweeps of 16 move 21% fewer
 # bytes, their single models 17% fewer (XLA's H100 compile), which may lift the
 # sweep's gain toward 4x.
-bench ratios_bf16 --methods=sal_sqrt5,sal_sqrt8 "$bf16" --update_dtype=bfloat16 \
-    --momentum_dtype=bfloat16 "$@" || status=1
+bench ratios_bf16 --methods=sal_sqrt5,sal_sqrt8 "$bf16" "${storage[@]}" "$@" \
+    || status=1
 # Compiles, briefly runs: the vmapped sweeps of sgd, fa and kp.
 bench methods_quick --methods=sgd,fa,kp --quick || status=1
 echo "== done (at ${SECONDS} s)"

@@ -17,6 +17,7 @@ epochs checkpointed. A run in which some member diverged writes its results
 
 import logging as std_logging
 import pathlib
+import re
 import sys
 
 from absl import app
@@ -54,6 +55,46 @@ def _set_up_logging() -> None:
   logging.get_absl_handler().addFilter(OwnInfoOnly())
 
 
+def _exit_bad_setting(reason: str):
+  print(f"error: {reason}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_field(argument: str) -> str | None:
+  """``a.b`` for ``--config.a.b=value`` (or ``--config.a.b value``), else None."""
+  match = re.match(r"--?config\.([^=]+)", argument)
+  return match.group(1) if match else None
+
+
+def _innermost_message(error: BaseException) -> str:
+  """The text ml_collections wraps in a KeyError inside an AttributeError."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  return str(error.args[0]) if error.args else str(error)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, but a bad flag exits 2 with one line naming it.
+
+  That includes a ``--config.FIELD`` the config does not have, which
+  ml_collections reports as an AttributeError deep in a traceback.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit_bad_setting(str(e))
+  except (AttributeError, KeyError) as e:
+    message = _innermost_message(e)
+    for field in filter(None, map(_config_field, argv[1:])):
+      key = field.rsplit(".", 1)[-1]
+      if message.startswith(repr(key)):
+        hint = message[len(repr(key)):].strip()  # "Did you mean ...?"
+        hint = f"; {hint[:1].lower()}{hint[1:]}" if hint else ""
+        _exit_bad_setting(f"--config.{field}: the config has no field "
+                          f"{key!r}{hint}")
+    raise
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -62,8 +103,7 @@ def main(argv):
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, datasets.DatasetNotFoundError,
           train.DeviceMemoryError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit_bad_setting(str(e))
   if results["diverged"] and results["experiment"] != "lr_grid":
     print("error: diverged: " + "; ".join(results["diverged"]),
           file=sys.stderr)
@@ -71,4 +111,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

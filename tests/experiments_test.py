@@ -300,6 +300,9 @@ def test_cli_out_of_device_memory_exits_2_with_one_line(tmp_path, data_dir):
     ("--config.matmul_precision=fp7", "bad matmul_precision 'fp7'"),
     ("--config.update_dtype=fp8", "unknown update_dtype 'fp8'"),
     ("--config.momentum_dtype=half", "unknown momentum_dtype 'half'"),
+    ("--config.epoch=3", "--config.epoch: the config has no field 'epoch'; "
+     'did you mean "epochs"'),
+    ("--config.epochs=three", "flag --config.epochs=three: invalid literal"),
 ])
 def test_bad_setting_exits_nonzero_with_one_line_and_writes_nothing(
     tmp_path, data_dir, override, message):

@@ -27,6 +27,11 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   del argv
   workdir = pathlib.Path(_WORKDIR.value)
+  missing = [name for name in ("config.json", "metrics.jsonl")
+             if not (workdir / name).is_file()]
+  if missing:
+    raise app.UsageError(
+        f"{workdir} is not an lr_grid run's workdir: no {' or '.join(missing)}")
   config = ml_collections.ConfigDict(
       json.loads((workdir / "config.json").read_text()))
   if config.experiment != "lr_grid":

@@ -162,6 +162,18 @@ def test_lr_grid_chooses_on_validation_and_scores_fresh_seeds(tmp_path,
   assert (tmp_path / "lr_grid_heatmap_lr0.png").exists()
 
 
+def test_grid_summary_refuses_a_workdir_without_a_run_in_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.grid_summary",
+       f"--workdir={tmp_path / 'nowhere'}"],
+      env=dict(os.environ, PYTHONPATH=str(ROOT)),
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 1
+  assert "is not an lr_grid run's workdir: no config.json or metrics.jsonl" in (
+      result.stderr)
+  assert "Traceback" not in result.stderr
+
+
 def test_structure_reports_effective_ranks_before_and_after(tmp_path,
                                                             data_dir):
   config = _config(structure, data_dir)

@@ -30,6 +30,7 @@ from typing import Callable, NamedTuple
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,8 +48,9 @@ from sal_jax import xla_options
 _QUICK = flags.DEFINE_bool("quick", False, "A few batches, one repeat.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Directory with mnist.npz; random data of MNIST's shape "
-    "when absent.")
+    "data_dir", None, "Directory with MNIST in a format datasets.load reads "
+    "locally; random data of MNIST's shape when absent (with a warning if "
+    "the flag was given).")
 _SWEEP = flags.DEFINE_integer("sweep", 16, "Models in the vmapped sweep.",
                               lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per mode (median).",
@@ -291,7 +293,9 @@ def load_images(quick):
   try:
     ds = datasets.load("mnist", _DATA_DIR.value, source="local")
     images, labels, data = ds.x_train, ds.y_train, "MNIST"
-  except (datasets.DatasetNotFoundError, ValueError):
+  except (datasets.DatasetNotFoundError, ValueError) as e:
+    if _DATA_DIR.value is not None:  # asked for, so say why it is not used
+      logging.warning("timing random data of MNIST's shape: %s", e)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, 60000).astype(np.int32)

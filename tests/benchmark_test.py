@@ -23,10 +23,14 @@ def test_benchmark_quick_mode_prints_a_table_and_writes_json(tmp_path):
   out = tmp_path / "bench.json"
   result = _benchmark(
       "--quick", "--methods=backprop,sal", f"--json={out}",
-      "--sweep_order=shared",
+      "--sweep_order=shared", f"--data_dir={tmp_path / 'no_data'}",
       SAL_JAX_XLA_OPTIONS="xla_gpu_command_buffer_scheduling_mode=LHS")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "| sal |" in result.stdout
+  # A --data_dir without MNIST is timed on random data, and says so.
+  assert "random data of MNIST's shape" in result.stdout
+  assert ("timing random data of MNIST's shape: dataset 'mnist' not found"
+          in result.stderr)
   written = json.loads(out.read_text())
   assert (written["batched"], written["precision"], written["xla_options"],
           written["sweep_order"]) == ("auto", "default", "library", "shared")

@@ -15,6 +15,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from sal_jax import circuit as circuit_lib
@@ -118,8 +119,17 @@ def init_sweep(keys: Array, circuit: Circuit,
     circuit: static configuration shared by all members.
     optimizer: an ``optax.inject_hyperparams`` transformation (such as
       ``optim.reference``) when hyperparameters are given.
-    **hyperparams: [N] arrays, e.g. ``learning_rate=jnp.array([...])``.
+    **hyperparams: [N] arrays, e.g. ``learning_rate=jnp.array([...])``;
+      ValueError names one without a value per key, or with a value out of
+      its range (``optim.check_hyperparams``).
   """
+  keys = jnp.array(keys)
+  for name, value in hyperparams.items():
+    if np.ndim(value) == 0 or np.shape(value)[0] != keys.shape[0]:
+      raise ValueError(
+          f"init_sweep: {name} needs one value per member ({keys.shape[0]} "
+          f"keys), got shape {np.shape(value)}")
+  optim.check_hyperparams(**hyperparams)
 
   def member(key, hp):
     state = train.init_state(key, circuit, optimizer)
@@ -129,7 +139,7 @@ def init_sweep(keys: Array, circuit: Circuit,
     return state
 
   # Copies: the states get donated, and must not alias the caller's arrays.
-  return jax.vmap(member)(jnp.array(keys),
+  return jax.vmap(member)(keys,
                           {k: jnp.array(v) for k, v in hyperparams.items()})
 
 

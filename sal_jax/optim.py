@@ -107,6 +107,32 @@ def _plastic_mask(plastic: Sequence[str]):
   return mask_fn
 
 
+# What each of ``reference``'s hyperparameters must be: a test, in words.
+_VALID = {
+    "learning_rate": (lambda v: v >= 0, "non-negative"),
+    "weight_decay": (lambda v: v >= 0, "non-negative"),
+    "momentum": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
+    "clip_norm": (lambda v: v > 0, "positive (None disables the clip)"),
+    "multipliers": (lambda v: v >= 0, "non-negative"),
+}
+
+
+def check_hyperparams(**values) -> None:
+  """Raises ValueError naming a hyperparameter with a value out of range.
+
+  A value may be a number or an array (the members of a sweep); traced
+  values, whose numbers are unknown, and names other than ``reference``'s
+  are not checked.
+  """
+  for name, value in values.items():
+    if name not in _VALID or isinstance(value, jax.core.Tracer):
+      continue
+    valid, what = _VALID[name]
+    value = np.asarray(value)
+    if not np.all(valid(value)):
+      raise ValueError(f"{name} must be {what}, got {value.tolist()}")
+
+
 def reference(circuit: circuit_lib.Circuit,
               learning_rate: float = 5e-3,
               momentum: float = 0.9,
@@ -137,18 +163,13 @@ def reference(circuit: circuit_lib.Circuit,
     arrays, ``learning_rate``, ``momentum``, ``weight_decay`` and
     ``clip_norm`` (scalars) and ``multipliers`` ([4]: W, W̄, V, V̄).
   """
-  if learning_rate < 0:
-    raise ValueError(f"learning_rate must be non-negative, got {learning_rate}")
-  if weight_decay < 0:
-    raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
-  if not 0 <= momentum < 1:
-    raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-  if clip_norm is not None and clip_norm <= 0:
-    raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
-  if len(multipliers) != 4 or any(m < 0 for m in multipliers):
+  if len(multipliers) != 4:
     raise ValueError(
-        f"multipliers must be four non-negative numbers (W, W̄, V, V̄), got "
+        f"multipliers must be four numbers (W, W̄, V, V̄), got "
         f"{tuple(multipliers)}")
+  check_hyperparams(learning_rate=learning_rate, momentum=momentum,
+                    weight_decay=weight_decay, multipliers=multipliers,
+                    **({} if clip_norm is None else {"clip_norm": clip_norm}))
   if (momentum_dtype is not None
       and momentum_dtype not in circuit_lib.UPDATE_DTYPES):
     raise ValueError(

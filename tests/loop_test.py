@@ -99,6 +99,25 @@ def test_a_sweep_refuses_a_key_count_that_is_not_its_member_count(rng):
                      jax.random.split(jax.random.key(1), 2), *_data(rng))
 
 
+@pytest.mark.parametrize("hyperparams, message", [
+    (dict(learning_rate=jnp.array([0.1, 0.2])),
+     r"learning_rate needs one value per member \(3 keys\), got shape \(2,\)"),
+    (dict(weight_decay=1e-3), r"weight_decay needs one value per member"),
+    (dict(learning_rate=jnp.array([0.1, -0.2, 0.3])),
+     r"learning_rate must be non-negative, got \[0.1.*-0.2"),
+    (dict(momentum=jnp.array([0.9, 0.9, 1.0])), r"momentum must be in \[0, 1\)"),
+    (dict(multipliers=jnp.array([(1.0, 0.2, 1.0, 4.0)] * 2 + [(1, 1, -1, 1)])),
+     "multipliers must be non-negative"),
+])
+def test_init_sweep_refuses_hyperparameters_not_one_valid_value_per_member(
+    hyperparams, message):
+  circuit = sj.Circuit(widths=(12, 16, 16, 5), method="sal")
+  opt = sj.reference_optimizer(circuit)
+  with pytest.raises(ValueError, match=message):
+    loop.init_sweep(jax.random.split(jax.random.key(0), 3), circuit, opt,
+                    **hyperparams)
+
+
 def test_a_diverging_member_does_not_touch_the_others(rng):
   circuit = sj.Circuit(widths=(12, 16, 16, 5), method="sal")
   opt = sj.reference_optimizer(circuit, clip_norm=None)

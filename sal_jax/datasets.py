@@ -29,6 +29,7 @@ import importlib.util
 import os
 import pathlib
 import pickle
+import zipfile
 from typing import Iterator
 
 import jax
@@ -229,7 +230,14 @@ def _read_stl10(directory: pathlib.Path):
   return out
 
 
+def _require_zip(path: pathlib.Path) -> None:
+  """An .npz is a zip archive; numpy takes anything else for a pickle."""
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"{path}: not an .npz file (not a zip archive)")
+
+
 def _read_npz(path: pathlib.Path, keys: dict[str, str]):
+  _require_zip(path)
   try:
     with np.load(path) as f:
       files = f.files
@@ -277,6 +285,7 @@ def _read_local(name: str, directory: pathlib.Path):
     keys = _MEDMNIST_KEYS if name in ("pathmnist", "chestmnist") else None
     if keys is None:
       return _read_npz(plain, _PLAIN_KEYS), str(plain)
+    _require_zip(plain)
     try:
       with np.load(plain) as f:
         is_plain = "x_train" in f.files

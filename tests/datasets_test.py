@@ -165,10 +165,19 @@ def test_truncated_idx_file_error_names_the_file(tmp_path, rng):
     datasets.load("mnist", tmp_path)
 
 
-def test_corrupt_npz_error_names_the_file(tmp_path):
-  (tmp_path / "mnist.npz").write_bytes(b"PK\x03\x04 not really a zip")
-  with pytest.raises(ValueError, match="mnist.npz"):
+@pytest.mark.parametrize("damage", ["zip header only", "text", "truncated"])
+def test_corrupt_npz_error_names_the_file_and_says_it_is_not_an_npz(
+    tmp_path, rng, damage):
+  path = tmp_path / "mnist.npz"
+  if damage == "truncated":
+    np.savez(path, x_train=rng.integers(0, 256, (50, 28, 28), np.uint8))
+    path.write_bytes(path.read_bytes()[:-100])
+  else:
+    path.write_bytes(b"PK\x03\x04 not really a zip" if damage == "zip header only"
+                     else b"x_train,y_train\n")
+  with pytest.raises(ValueError, match="mnist.npz: not an .npz file") as e:
     datasets.load("mnist", tmp_path)
+  assert "pickle" not in str(e.value)  # numpy's advice for a non-zip file
 
 
 def test_wrong_shape_and_out_of_range_labels_name_the_file(tmp_path, rng):

@@ -412,11 +412,20 @@ RESUMABLE_CHANGES = ("epochs", "checkpoint_every", "keep_checkpoints",
 
 
 def check_workdir(config, workdir: pathlib.Path) -> None:
-  """Refuses a workdir that holds a run of a different configuration."""
+  """Refuses a workdir that cannot be one, or that holds a run of a different
+  configuration."""
+  existing = next(p for p in (workdir, *workdir.parents) if p.exists())
+  if not existing.is_dir():
+    raise ValueError(f"workdir {workdir}: {existing} exists and is not a "
+                     "directory")
   previous = workdir / "config.json"
   if not previous.exists():
     return
-  old = json.loads(previous.read_text())
+  try:
+    old = json.loads(previous.read_text())
+  except (OSError, ValueError) as e:
+    raise ValueError(f"workdir {workdir}: its config.json is not readable "
+                     f"JSON ({e}); use a new --workdir") from e
   new = json.loads(config.to_json())
   changed = sorted(k for k in set(old) | set(new)
                    if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))

@@ -213,6 +213,22 @@ def test_workdir_of_another_experiment_is_refused_before_writing(tmp_path,
   assert (tmp_path / "config.json").read_text() == before
 
 
+@pytest.mark.parametrize("workdir, message", [
+    ("a_file", "a_file exists and is not a directory"),
+    ("a_file/run", "a_file exists and is not a directory"),
+    ("bad_json", "its config.json is not readable JSON"),
+])
+def test_a_workdir_that_cannot_be_one_is_refused_naming_why(
+    tmp_path, data_dir, workdir, message):
+  (tmp_path / "a_file").write_text("not a directory")
+  (tmp_path / "bad_json").mkdir()
+  (tmp_path / "bad_json" / "config.json").write_text("{oops")
+  before = sorted(tmp_path.rglob("*"))
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(_config(data_dir), tmp_path / workdir)
+  assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_checkpoint_of_another_state_shape_is_refused_and_nothing_changes(
     tmp_path, data_dir):
   first = _cli(tmp_path, data_dir, "--config.epochs=1",

@@ -80,11 +80,12 @@ def test_benchmark_refuses_a_bad_flag_before_running(flag, message):
 @pytest.mark.timeout(600)
 def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
   # The script is for a lent GPU's few minutes: a flag it passes that the
-  # benchmark no longer knows must fail here, not there.
+  # benchmark no longer knows must fail here, not there. (The flags given
+  # here come last, so they win: every flag of the script is still parsed.)
   result = subprocess.run(
       ["bash", str(ROOT / "experiments" / "gpu_speed_check.sh"),
        str(tmp_path / "out"), str(tmp_path / "no_data"), "--quick",
-       "--methods=sal"],
+       "--methods=sal", "--sweep=2"],
       cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT),
                          JAX_PLATFORMS="cpu"),
       capture_output=True, text=True, timeout=580, check=False)
@@ -111,7 +112,8 @@ def test_gpu_speed_check_script_runs_every_comparison(tmp_path):
 def test_gpu_speed_check_script_makes_only_the_calls_named_in_only(tmp_path):
   result = subprocess.run(
       ["bash", str(ROOT / "experiments" / "gpu_speed_check.sh"),
-       str(tmp_path), str(tmp_path / "no_data"), "--quick", "--methods=sal"],
+       str(tmp_path), str(tmp_path / "no_data"), "--quick", "--methods=sal",
+       "--sweep=2"],
       cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
                          ONLY="bf16 bf16_storage"),
       capture_output=True, text=True, timeout=380, check=False)

@@ -125,10 +125,13 @@ def check_hyperparams(**values) -> None:
   are not checked.
   """
   for name, value in values.items():
-    if name not in _VALID or isinstance(value, jax.core.Tracer):
+    if name not in _VALID:
+      continue
+    try:
+      value = np.asarray(value)
+    except jax.errors.TracerArrayConversionError:
       continue
     valid, what = _VALID[name]
-    value = np.asarray(value)
     if not np.all(valid(value)):
       raise ValueError(f"{name} must be {what}, got {value.tolist()}")
 

@@ -100,6 +100,15 @@ def test_family_multipliers_are_one_hyperparameter_of_four_entries(rng):
     optim.with_hyperparams(state.opt_state, multipliers=4.0)
 
 
+def test_hyperparameter_ranges_are_checked_per_member_and_skipped_when_traced():
+  optim.check_hyperparams(learning_rate=[0.1, 0.0], momentum=0.0,
+                          clip_norm=np.array([1.0, 50.0]))
+  with pytest.raises(ValueError, match=r"clip_norm must be positive .*\[1.0, 0.0\]"):
+    optim.check_hyperparams(clip_norm=np.array([1.0, 0.0]))
+  # Under jit the numbers are unknown: nothing to check, nothing raised.
+  jax.jit(lambda lr: optim.check_hyperparams(learning_rate=lr))(-1.0)
+
+
 def test_a_donated_state_leaves_the_optimizer_able_to_init_again(rng):
   circuit = sj.Circuit(widths=(6, 8, 4), method="sal")
   opt = sj.reference_optimizer(circuit)

@@ -55,7 +55,8 @@ def _set_up_logging() -> None:
   logging.get_absl_handler().addFilter(OwnInfoOnly())
 
 
-def _exit_bad_setting(reason: str):
+def _fail(reason: str):
+  """One ``error:`` line on stderr, exit status 2."""
   print(f"error: {reason}", file=sys.stderr)
   sys.exit(2)
 
@@ -82,7 +83,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _exit_bad_setting(str(e))
+    _fail(str(e))
   except (AttributeError, KeyError) as e:
     message = _innermost_message(e)
     for field in filter(None, map(_config_field, argv[1:])):
@@ -90,7 +91,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       if message.startswith(repr(key)):
         hint = message[len(repr(key)):].strip()  # "Did you mean ...?"
         hint = f"; {hint[:1].lower()}{hint[1:]}" if hint else ""
-        _exit_bad_setting(f"--config.{field}: the config has no field "
+        _fail(f"--config.{field}: the config has no field "
                           f"{key!r}{hint}")
     raise
 
@@ -103,7 +104,7 @@ def main(argv):
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, datasets.DatasetNotFoundError,
           train.DeviceMemoryError) as e:
-    _exit_bad_setting(str(e))
+    _fail(str(e))
   if results["diverged"] and results["experiment"] != "lr_grid":
     print("error: diverged: " + "; ".join(results["diverged"]),
           file=sys.stderr)

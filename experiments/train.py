@@ -393,6 +393,12 @@ def validate_config(config) -> None:
         f"member_devices must be between 0 (all that split the members "
         f"evenly) and the {jax.local_device_count()} local devices, got "
         f"{config.member_devices}")
+  if config.checkpoint_every < 0:
+    raise ValueError(f"checkpoint_every must be non-negative (0 writes no "
+                     f"checkpoints), got {config.checkpoint_every}")
+  if config.keep_checkpoints < 1:
+    raise ValueError(f"keep_checkpoints must be at least 1 (checkpoint_every=0 "
+                     f"writes none), got {config.keep_checkpoints}")
   if any(int(h) <= 0 for h in config.hidden):
     raise ValueError(f"hidden widths must be positive, got {config.hidden}")
   try:

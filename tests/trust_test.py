@@ -263,6 +263,8 @@ def test_checkpoint_of_another_state_shape_is_refused_and_nothing_changes(
     ("--config.ratio=0", "ratio must be positive"),
     ("--config.hidden=(16,0)", "hidden widths must be positive"),
     ("--config.seeds=0", "seeds must be positive"),
+    ("--config.checkpoint_every=-1", "checkpoint_every must be non-negative"),
+    ("--config.keep_checkpoints=0", "keep_checkpoints must be at least 1"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(
     tmp_path, data_dir, override, message):

@@ -17,6 +17,13 @@ def _on_host(x) -> bool:
   return isinstance(x, (np.ndarray, list, tuple))
 
 
+def check_batch_size(batch_size) -> None:
+  """Raises ValueError unless ``batch_size`` is a positive integer."""
+  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(
+        f"batch_size must be a positive integer, got {batch_size!r}")
+
+
 def check_batch(circuit: circuit_lib.Circuit, batch) -> None:
   """Raises ValueError if ``batch = (x, y)`` does not fit ``circuit``.
 

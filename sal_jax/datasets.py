@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sal_jax import checks
+
 Array = jax.Array
 
 
@@ -445,6 +447,7 @@ def epoch_indices(key: Array, num_examples: int, batch_size: int) -> Array:
 
   The permutation comes from ``key``; the last partial batch is dropped.
   """
+  checks.check_batch_size(batch_size)
   num_batches = num_examples // batch_size
   if num_batches == 0:
     raise ValueError(
@@ -466,6 +469,7 @@ _jitted_preprocess = jax.jit(preprocess)  # one dispatch per batch
 def iterate(images, labels, batch_size: int, key: Array | None = None,
             drop_remainder: bool = True) -> Iterator[tuple[Array, Array]]:
   """Preprocessed batches for a Python loop; shuffled when ``key`` is given."""
+  checks.check_batch_size(batch_size)
   n = images.shape[0]
   order = (np.asarray(jax.random.permutation(key, n)) if key is not None
            else np.arange(n))

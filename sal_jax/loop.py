@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sal_jax import checks
 from sal_jax import circuit as circuit_lib
 from sal_jax import datasets
 from sal_jax import optim
@@ -91,6 +92,7 @@ def evaluate_arrays(circuit: Circuit, weights: circuit_lib.Weights,
 
   Jit-friendly: full chunks run in a scan, the remainder once more.
   """
+  checks.check_batch_size(batch_size)
   n = images.shape[0]
 
   def sums(imgs, lbls):

@@ -114,6 +114,7 @@ def evaluate(circuit: Circuit, weights: Weights, batch: Batch,
              batch_size: int = 2048) -> dict[str, float]:
   """Mean loss and accuracy over a held-out set, in chunks of ``batch_size``."""
   checks.check_batch(circuit, batch)
+  checks.check_batch_size(batch_size)
   x, y = batch
   totals = np.zeros(2)
   for start in range(0, x.shape[0], batch_size):

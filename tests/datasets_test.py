@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
+import sal_jax as sj
 from sal_jax import datasets
+from sal_jax import loop
 
 SHARED = pathlib.Path(__file__).parents[1] / "../shared/datasets"
 
@@ -202,6 +204,25 @@ def test_epoch_batches_are_a_permutation_dropping_the_last_partial_batch():
   assert len(set(np.asarray(y).ravel())) == 9
   x2, _ = datasets.epoch_batches(jax.random.key(1), images, labels, 3)
   assert not np.array_equal(x, x2)
+
+
+@pytest.mark.parametrize("batch_size", [0, -8, 2.5])
+def test_every_function_taking_a_batch_size_refuses_a_bad_one(batch_size):
+  circuit = sj.Circuit(widths=(4, 3, 2), method="sgd")
+  weights = sj.init_weights(jax.random.key(0), circuit)
+  images, labels = np.zeros((6, 2, 2), np.uint8), np.zeros(6, np.int32)
+  calls = [
+      lambda: datasets.epoch_indices(jax.random.key(0), 6, batch_size),
+      lambda: next(datasets.iterate(images, labels, batch_size)),
+      lambda: sj.evaluate(circuit, weights,
+                          datasets.preprocess(images, labels), batch_size),
+      lambda: loop.evaluate_arrays(circuit, weights, images, labels,
+                                   batch_size),
+  ]
+  for call in calls:
+    with pytest.raises(ValueError, match="batch_size must be a positive "
+                       f"integer, got {batch_size}"):
+      call()
 
 
 def test_iterate_keeps_the_last_partial_batch_when_asked():

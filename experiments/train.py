@@ -384,10 +384,12 @@ def validate_config(config) -> None:
   for name in ("epochs", "seeds", "batch_size", "unroll"):
     if int(config[name]) <= 0:
       raise ValueError(f"{name} must be positive, got {config[name]}")
-  for name in ("learning_rate", "weight_decay", "train_size",
-               "validation_size"):
+  for name in ("train_size", "validation_size"):
     if config[name] < 0:
       raise ValueError(f"{name} must be non-negative, got {config[name]}")
+  optim.check_hyperparams(  # before the data load; clip_norm <= 0 is no clip
+      learning_rate=config.learning_rate, weight_decay=config.weight_decay,
+      momentum=config.momentum, multipliers=tuple(config.multipliers))
   if not 0 <= config.member_devices <= jax.local_device_count():
     raise ValueError(
         f"member_devices must be between 0 (all that split the members "

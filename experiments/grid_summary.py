@@ -17,7 +17,7 @@ import ml_collections
 
 from experiments import files
 from experiments import plans
-from experiments import train
+from experiments import cells
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "An lr_grid run's workdir.")
 _TOP = flags.DEFINE_integer("top", 5, "How many of the best points to print.")
@@ -38,18 +38,19 @@ def main(argv):
     raise app.UsageError(f"{workdir} holds a {config.experiment} run")
   lines = [json.loads(l) for l in
            (workdir / "metrics.jsonl").read_text().splitlines()]
-  results = {label: train.result_from_metrics(lines, label)
+  results = {label: cells.result_from_metrics(lines, label)
              for label in ("sal", "sgd")}
-  expected = len(plans.grid_points(config)) * config.seeds
+  expected = len(plans.grid_points(config)) * config.run.seeds
   epochs = {len(h) for i, h in enumerate(results["sal"]["history"])
             if i not in results["sal"]["diverged"]}
-  if len(results["sal"]["members"]) != expected or epochs != {config.epochs}:
+  if len(results["sal"]["members"]) != expected or epochs != {config.run.epochs}:
     raise app.UsageError(f"{workdir}: the search stage is incomplete")
   summary = plans.lr_grid_search_summary(config, results, workdir)
-  files.write_json_atomically(workdir / "search_summary.json", summary)
+  files.write_json(workdir / "search_summary.json", summary)
   ranked = sorted(summary["grid"], key=lambda p: -p["validation_accuracy"])
-  print(f"{config.dataset}: {len(ranked)} SAL points x {config.seeds} seeds, "
-        f"{config.epochs} epochs; validation accuracy (diverged seed = 0)")
+  print(f"{config.data.dataset}: {len(ranked)} SAL points x "
+        f"{config.run.seeds} seeds, {config.run.epochs} epochs; validation "
+        "accuracy (diverged seed = 0)")
   for p in ranked[:_TOP.value]:
     print("  " + ", ".join(f"{k}={v:g}" for k, v in p.items()))
   diverging = sum(1 for p in ranked if p["diverged_seeds"])

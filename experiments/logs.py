@@ -13,6 +13,8 @@ import pathlib
 import numpy as np
 import tensorboardX
 
+from experiments import files
+
 TIMING_FIELDS = ("examples_per_second", "epoch_seconds")
 
 
@@ -66,6 +68,4 @@ def keep_checkpointed_lines(path: pathlib.Path, epochs_by_cell) -> None:
     epoch = epochs_by_cell(record["cell"])
     if epoch is not None and record["epoch"] <= epoch:
       kept.append(line)
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text("".join(l + "\n" for l in kept))
-  tmp.replace(path)
+  files.write_text(path, "".join(l + "\n" for l in kept))

@@ -1,12 +1,13 @@
 r"""Command line for every experiment: an ml_collections config and a workdir.
 
     python -m experiments.main --config=experiments/configs/table1.py \
-        --config.dataset=mnist --config.data_dir=../shared/datasets \
+        --config.data.dataset=mnist --config.data.data_dir=../shared/datasets \
         --workdir=runs/table1_mnist
 
-Any config field can be overridden with --config.field=value. Writes
-config.json, metrics.jsonl (a line per member per epoch), results.json and the
-experiment's figures. Progress goes to stderr: this project's INFO lines and
+Any config field can be overridden with --config.group.field=value; the run
+prints its whole config first. Writes config.json, metrics.jsonl (a line per
+member per epoch), results.json and the experiment's figures, and ends by
+printing where they are. Progress goes to stderr: this project's INFO lines and
 every library's warnings (other libraries' INFO lines, such as orbax's
 checkpointing, show with --verbosity=0 or higher). Bad settings or missing
 data exit with status 2 and a one-line reason, before anything is written; so
@@ -23,15 +24,21 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 import experiments
-from experiments import train
+from experiments import run
 import sal_jax
 from sal_jax import datasets
 
-_CONFIG = config_flags.DEFINE_config_file("config", None,
-                                          "Experiment config file.")
+_CONFIGS = pathlib.Path(__file__).parent / "configs"
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None,
+    "Experiment config file, one of experiments/configs/: " + ", ".join(
+        sorted(p.stem for p in _CONFIGS.glob("*.py")
+               if not p.stem.startswith("_")))
+    + ". Append :runlocal for a smoke run of seconds.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results are written.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -74,14 +81,38 @@ def _innermost_message(error: BaseException) -> str:
   return str(error.args[0]) if error.args else str(error)
 
 
+def _set_none(config, field: str) -> None:
+  """Sets ``config.field`` (dotted) to None, if the field may be None."""
+  *groups, name = field.split(".")
+  node = config
+  for group in groups:
+    node = node[group] if group in node else None
+    if not isinstance(node, ml_collections.ConfigDict):
+      _fail(f"--config.{field}: the config has no field {field!r}")
+  if name not in node:
+    _fail(f"--config.{field}: the config has no field {field!r}")
+  # Fields that may be None are FieldReferences (config_dict.placeholder).
+  if not isinstance(node._fields[name], ml_collections.FieldReference):  # pylint: disable=protected-access
+    _fail(f"--config.{field}=None: this field cannot be None")
+  node[name] = None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, but a bad flag exits 2 with one line naming it.
 
   That includes a ``--config.FIELD`` the config does not have, which
   ml_collections reports as an AttributeError deep in a traceback.
+  ``--config.FIELD=None`` sets a field that may be None (a placeholder)
+  to None, which ml_collections cannot parse for numbers.
   """
+  nones = [_config_field(a) for a in argv[1:]
+           if _config_field(a) and a.endswith("=None")]
+  argv = [a for a in argv if not (_config_field(a) and a.endswith("=None"))]
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    for field in nones:
+      _set_none(_CONFIG.value, field)
+    return rest
   except flags.Error as e:
     _fail(str(e))
   except (AttributeError, KeyError) as e:
@@ -100,11 +131,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   _set_up_logging()
+  print(f"config ({_CONFIG.value.experiment}):\n{_CONFIG.value}",
+        file=sys.stderr)
   try:
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, datasets.DatasetNotFoundError,
-          train.DeviceMemoryError) as e:
+    results = run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except datasets.DatasetNotFoundError as e:
+    _fail(f"{e} Then point --config.data.data_dir at the folder that holds "
+          "it.")
+  except (ValueError, run.DeviceMemoryError) as e:
     _fail(str(e))
+  print(f"results in {_WORKDIR.value}/ (results.json, metrics.jsonl, "
+        "figures)", file=sys.stderr)
   if results["diverged"] and results["experiment"] != "lr_grid":
     print("error: diverged: " + "; ".join(results["diverged"]),
           file=sys.stderr)

@@ -1,7 +1,7 @@
 """What each experiment trains (its cells) and what it reports.
 
 Each experiment is a pair of functions: ``cells(config, data)`` builds every
-circuit it will train (so a bad setting fails before anything is written), and
+cell it will train (so a bad setting fails before anything is written), and
 ``report(config, data, results, run, workdir)`` turns the trained histories
 into ``results.json``'s summary and the experiment's figures. ``run(cell,
 data)`` trains a further cell where an experiment needs a second stage.
@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import sal_jax as sj
+from experiments import cells as cells_lib
+from experiments import data as data_lib
 from experiments import plots
-from experiments import train
 from sal_jax import datasets
 from sal_jax import losses
 from sal_jax import modulation
@@ -38,20 +39,27 @@ ABLATION_FAMILIES = ("w_bar", "v", "v_bar")
 
 
 def _methods(config) -> list[str]:
-  if config.method == "all":
+  if config.model.method == "all":
     return list(TABLE1_METHODS)
-  methods = [m.strip() for m in config.method.split(",") if m.strip()]
+  methods = [m.strip() for m in config.model.method.split(",") if m.strip()]
   unknown = [m for m in methods if m not in sj.METHODS]
   if not methods or unknown:
-    raise ValueError(f"unknown method {config.method!r}; expected 'all' or a "
-                     f"comma list of {sorted(sj.METHODS)}")
+    raise ValueError(f"unknown method {config.model.method!r}; expected "
+                     f"'all' or a comma list of {sorted(sj.METHODS)}")
   return methods
 
 
 def _circuit_for_method(config, data, method):
   # Only SAL has a downstream width of its own; the others need ratio 1.
-  return train.make_circuit(config, data, method=method,
-                            ratio=config.ratio if method == "sal" else 1.0)
+  return cells_lib.make_circuit(
+      config, data, method=method,
+      ratio=config.model.ratio if method == "sal" else 1.0)
+
+
+def _seed_cell(config, label, circuit, **hyperparams):
+  """A cell of ``config.run.seeds`` seeds sharing ``hyperparams``."""
+  return cells_lib.make_cell(config, label, circuit,
+                             cells_lib.seed_members(config, **hyperparams))
 
 
 def _per_epoch(result, key="test_accuracy"):
@@ -65,9 +73,12 @@ def _accuracy_note(data) -> str:
           else "")
 
 
-def _pct(stats) -> str:
+def _pct(stats, seeds: int) -> str:
+  """Mean ± std in %, or the mean alone for one seed."""
   if not math.isfinite(stats["mean"]):
     return "diverged"
+  if seeds == 1:
+    return f"{100 * stats['mean']:.2f}"
   return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
 
 
@@ -75,26 +86,33 @@ def _pct(stats) -> str:
 
 
 def table1_cells(config, data):
-  return [train.Cell(m, _circuit_for_method(config, data, m),
-                     train.seed_members(config)) for m in _methods(config)]
+  return [_seed_cell(config, m, _circuit_for_method(config, data, m))
+          for m in _methods(config)]
 
 
 def table1_report(config, data, results, run, workdir: pathlib.Path):
   del run
-  summary = {label: train.summarize(r) for label, r in results.items()}
-  paper = PAPER_TABLE1.get(config.dataset, {})
-  lines = [f"| method | {config.dataset} final test % | best test % | "
+  summary = {label: cells_lib.summarize(r) for label, r in results.items()}
+  dataset = config.data.dataset
+  paper = PAPER_TABLE1.get(dataset, {})
+  lines = [f"| method | {dataset} final test % | best test % | "
            f"final train % | paper % |", "|---|---|---|---|---|"]
   for label, s in summary.items():
-    lines.append(f"| {label.upper()} | {_pct(s['final'])} | {_pct(s['best'])}"
-                 f" | {_pct(s['train'])} | {paper.get(label, '')} |")
-  note = (f"\n{config.seeds} seeds, {config.epochs} epochs, data from "
-          f"{data.source}; accuracy{_accuracy_note(data)} as mean ± std over "
-          "the seeds that did not diverge.\n")
+    n = len(s["seeds"])
+    lines.append(f"| {label.upper()} | {_pct(s['final'], n)} | "
+                 f"{_pct(s['best'], n)} | {_pct(s['train'], n)} | "
+                 f"{paper.get(label, '')} |")
+  spread = "mean ± std" if config.run.seeds > 1 else "one seed"
+  note = (f"\n{config.run.seeds} seeds, {epochs_trained(results)} epochs, "
+          f"data from {data.source}; accuracy{_accuracy_note(data)} as "
+          f"{spread} over the seeds that did not diverge.\n")
+  if config.run.smoke:
+    note += ("\nA smoke run (:runlocal): a data subset and a tiny network, "
+             "to check the experiment runs; its accuracies mean nothing.\n")
   (workdir / "table.md").write_text("\n".join(lines) + "\n" + note)
   plots.curves({k.upper(): _per_epoch(r) for k, r in results.items()},
                "test accuracy" + _accuracy_note(data),
-               f"{config.dataset}: test accuracy", workdir / "test_accuracy.png")
+               f"{dataset}: test accuracy", workdir / "test_accuracy.png")
   return dict(methods=summary, table_markdown="\n".join(lines))
 
 
@@ -110,9 +128,8 @@ def _downstream_parameters(circuit: sj.Circuit) -> dict[str, int]:
 
 
 def width_sweep_cells(config, data):
-  return [train.Cell(f"{p:g}x", train.make_circuit(config, data, method="sal",
-                                                   ratio=math.sqrt(p)),
-                     train.seed_members(config))
+  return [_seed_cell(config, f"{p:g}x", cells_lib.make_circuit(
+      config, data, method="sal", ratio=math.sqrt(p)))
           for p in config.param_ratios]
 
 
@@ -123,13 +140,13 @@ def width_sweep_report(config, data, results, run, workdir):
     summary[cell.label] = dict(
         param_ratio=p, width_ratio=math.sqrt(p),
         parameters=_downstream_parameters(cell.circuit),
-        **train.summarize(results[cell.label]))
+        **cells_lib.summarize(results[cell.label]))
   ps = [s["param_ratio"] for s in summary.values()]
   plots.band(ps, [s["final"]["mean"] for s in summary.values()],
              [s["final"]["std"] for s in summary.values()],
              "downstream parameter ratio (width ratio = its square root)",
              "final test accuracy" + _accuracy_note(data),
-             f"{config.dataset}: SAL against downstream size",
+             f"{config.data.dataset}: SAL against downstream size",
              workdir / "width_sweep.png", logx=True)
   return dict(ratios=summary)
 
@@ -138,19 +155,18 @@ def width_sweep_report(config, data, results, run, workdir):
 
 
 def feedback_nonlinearity_cells(config, data):
-  return [train.Cell(n, train.make_circuit(config, data, method="sal",
-                                           ratio=1.0, nonlinearity=n),
-                     train.seed_members(config))
+  return [_seed_cell(config, n, cells_lib.make_circuit(
+      config, data, method="sal", ratio=1.0, nonlinearity=n))
           for n in config.nonlinearities]
 
 
 def feedback_nonlinearity_report(config, data, results, run, workdir):
   del run
-  summary = {label: train.summarize(r) for label, r in results.items()}
+  summary = {label: cells_lib.summarize(r) for label, r in results.items()}
   plots.bars(list(summary), [s["final"]["mean"] for s in summary.values()],
              [s["final"]["std"] for s in summary.values()],
              "final test accuracy" + _accuracy_note(data),
-             f"{config.dataset}: SAL by downstream nonlinearity D_d",
+             f"{config.data.dataset}: SAL by downstream nonlinearity D_d",
              workdir / "feedback_nonlinearity.png")
   return dict(nonlinearities=summary)
 
@@ -167,12 +183,12 @@ def ablation_cells(config, data):
   cells = []
   for k in range(len(ABLATION_FAMILIES) + 1):
     for subset in itertools.combinations(ABLATION_FAMILIES, k):
-      cells.append(train.Cell(
-          _subset_label(subset),
-          train.make_circuit(config, data, method="sal", plastic=subset),
-          train.seed_members(config)))
-  cells.append(train.Cell("linear (SGD)", train.make_circuit(
-      config, data, method="linear", ratio=1.0), train.seed_members(config)))
+      cells.append(_seed_cell(config, _subset_label(subset),
+                              cells_lib.make_circuit(config, data,
+                                                     method="sal",
+                                                     plastic=subset)))
+  cells.append(_seed_cell(config, "linear (SGD)", cells_lib.make_circuit(
+      config, data, method="linear", ratio=1.0)))
   return cells
 
 
@@ -180,9 +196,9 @@ def ablation_report(config, data, results, run, workdir):
   del run
   plots.curves({k: _per_epoch(r) for k, r in results.items()},
                "test accuracy" + _accuracy_note(data),
-               f"{config.dataset}: which synapses learn (W always)",
+               f"{config.data.dataset}: which synapses learn (W always)",
                workdir / "ablation.png")
-  return dict(subsets={label: train.summarize(r)
+  return dict(subsets={label: cells_lib.summarize(r)
                        for label, r in results.items()})
 
 
@@ -190,26 +206,27 @@ def ablation_report(config, data, results, run, workdir):
 
 
 def grid_points(config):
-  return list(itertools.product(config.sal_learning_rates, config.grid_w,
-                                config.grid_w_bar, config.grid_v,
-                                config.grid_v_bar))
+  grid = config.grid
+  return list(itertools.product(grid.sal_learning_rates, grid.w, grid.w_bar,
+                                grid.v, grid.v_bar))
 
 
 def lr_grid_cells(config, data):
   if data.validation is None:
     raise ValueError("lr_grid chooses on a validation split: set "
-                     "config.validation_size > 0")
-  sal_members = [dict(seed=config.seed + s, learning_rate=lr, m_w=a,
-                      m_w_bar=b, m_v=c, m_v_bar=d)
+                     "config.data.validation_size > 0")
+  first, seeds = config.run.seed, config.run.seeds
+  sal_members = [dict(seed=first + s, learning_rate=lr, m_w=a, m_w_bar=b,
+                      m_v=c, m_v_bar=d)
                  for lr, a, b, c, d in grid_points(config)
-                 for s in range(config.seeds)]
-  sgd_members = [dict(seed=config.seed + s, learning_rate=lr)
-                 for lr in config.sgd_learning_rates
-                 for s in range(config.seeds)]
-  return [train.Cell("sal", train.make_circuit(config, data, method="sal"),
-                     sal_members),
-          train.Cell("sgd", train.make_circuit(config, data, method="sgd",
-                                               ratio=1.0), sgd_members)]
+                 for s in range(seeds)]
+  sgd_members = [dict(seed=first + s, learning_rate=lr)
+                 for lr in config.grid.sgd_learning_rates
+                 for s in range(seeds)]
+  return [cells_lib.make_cell(config, "sal", cells_lib.make_circuit(
+      config, data, method="sal"), sal_members),
+          cells_lib.make_cell(config, "sgd", cells_lib.make_circuit(
+              config, data, method="sgd", ratio=1.0), sgd_members)]
 
 
 def _validation_scores(result, n_seeds):
@@ -234,24 +251,25 @@ def lr_grid_search_summary(config, results, workdir):
   Works on the in-memory results of a run or on those ``result_from_metrics``
   reads back from a workdir's metrics.jsonl.
   """
-  n = config.seeds
+  n = config.run.seeds
   points = grid_points(config)
   sal_scores, sal_div = _validation_scores(results["sal"], n)
   sgd_scores, sgd_div = _validation_scores(results["sgd"], n)
-  rows = list(itertools.product(config.grid_w, config.grid_w_bar))
-  cols = list(itertools.product(config.grid_v, config.grid_v_bar))
+  rows = list(itertools.product(config.grid.w, config.grid.w_bar))
+  cols = list(itertools.product(config.grid.v, config.grid.v_bar))
   per_lr = len(rows) * len(cols)
-  for li, lr in enumerate(config.sal_learning_rates):
+  for li, lr in enumerate(config.grid.sal_learning_rates):
     grid = sal_scores[li * per_lr:(li + 1) * per_lr].reshape(len(rows),
                                                              len(cols))
     plots.heatmap(grid, [f"W {a:g}, W̄ {b:g}" for a, b in rows],
                   [f"V {c:g}, V̄ {d:g}" for c, d in cols],
-                  f"{config.dataset}: SAL validation accuracy, lr {lr:g} "
+                  f"{config.data.dataset}: SAL validation accuracy, lr {lr:g} "
                   f"(mean of {n} seeds; diverged = 0)",
                   workdir / f"lr_grid_heatmap_lr{li}.png")
-  plots.band(config.sgd_learning_rates, sgd_scores, np.zeros_like(sgd_scores),
+  sgd_rates = config.grid.sgd_learning_rates
+  plots.band(sgd_rates, sgd_scores, np.zeros_like(sgd_scores),
              "learning rate", "validation accuracy",
-             f"{config.dataset}: SGD learning-rate search",
+             f"{config.data.dataset}: SGD learning-rate search",
              workdir / "lr_grid_sgd.png", logx=True)
   lr, a, b, c, d = points[int(np.argmax(sal_scores))]
   return dict(
@@ -260,12 +278,11 @@ def lr_grid_search_summary(config, results, workdir):
             for p, s, dv in zip(points, sal_scores, sal_div)],
       sgd_grid=[dict(learning_rate=lr_, validation_accuracy=float(s),
                      diverged_seeds=dv) for lr_, s, dv in
-                zip(config.sgd_learning_rates, sgd_scores, sgd_div)],
+                zip(sgd_rates, sgd_scores, sgd_div)],
       chosen=dict(
           sal=dict(learning_rate=lr, m_w=a, m_w_bar=b, m_v=c, m_v_bar=d,
                    validation_accuracy=float(np.max(sal_scores))),
-          sgd=dict(learning_rate=config.sgd_learning_rates[
-              int(np.argmax(sgd_scores))],
+          sgd=dict(learning_rate=sgd_rates[int(np.argmax(sgd_scores))],
                    validation_accuracy=float(np.max(sgd_scores)))))
 
 
@@ -276,30 +293,33 @@ def lr_grid_report(config, data, results, run, workdir):
 
   # Stage 2: the chosen points on the whole training set, fresh seeds, test.
   final_config = config.copy_and_resolve_references()
-  final_config.validation_size = 0
-  final_config.seeds = config.final_seeds
-  full = train.load_data(final_config)
-  fresh = config.seed + 1000
-  hyperparams = {k: sal[k] for k in train.HYPERPARAMS}
+  final_config.data.validation_size = 0
+  final_config.run.seeds = config.grid.final_seeds
+  full = data_lib.load(final_config.data)
+  fresh = config.run.seed + 1000
+  hyperparams = {k: sal[k] for k in cells_lib.HYPERPARAMS}
+
+  def final_cell(label, circuit, **values):
+    return cells_lib.make_cell(final_config, label, circuit,
+                               cells_lib.seed_members(final_config, fresh,
+                                                      **values))
+
   finals = {
-      "sal": run(train.Cell(
-          "sal (chosen)", train.make_circuit(final_config, full, method="sal"),
-          train.seed_members(final_config, fresh, **hyperparams)), full),
-      "sgd": run(train.Cell(
-          "sgd (chosen)", train.make_circuit(final_config, full, method="sgd",
-                                             ratio=1.0),
-          train.seed_members(final_config, fresh,
-                             learning_rate=sgd["learning_rate"])), full),
+      "sal": run(final_cell("sal (chosen)", cells_lib.make_circuit(
+          final_config, full, method="sal"), **hyperparams), full),
+      "sgd": run(final_cell("sgd (chosen)", cells_lib.make_circuit(
+          final_config, full, method="sgd", ratio=1.0),
+          learning_rate=sgd["learning_rate"]), full),
   }
-  return dict(search, test={k: train.summarize(r) for k, r in finals.items()})
+  return dict(search, test={k: cells_lib.summarize(r) for k, r in finals.items()})
 
 
 # ---------------------------------------------------------------- structure
 
 
 def structure_cells(config, data):
-  return [train.Cell("sal", train.make_circuit(config, data, method="sal"),
-                     train.seed_members(config))]
+  return [_seed_cell(config, "sal", cells_lib.make_circuit(config, data,
+                                                          method="sal"))]
 
 
 def structure_report(config, data, results, run, workdir):
@@ -317,9 +337,9 @@ def structure_report(config, data, results, run, workdir):
     for when, weights in (("before", r["initial"]), ("after", r["final"])):
       m = np.asarray(getattr(weights, family)[index])
       images[f"{names[family]}^{level} {when}: MᵀM"] = m.T @ m
-  plots.matrices(images, 4, f"{config.dataset}: Gram matrices, width "
-                 f"{config.hidden[0]}", workdir / "structure_gram.png")
-  return dict(effective_rank=ranks, accuracy=train.summarize(r))
+  plots.matrices(images, 4, f"{config.data.dataset}: Gram matrices, width "
+                 f"{config.model.hidden[0]}", workdir / "structure_gram.png")
+  return dict(effective_rank=ranks, accuracy=cells_lib.summarize(r))
 
 
 # ---------------------------------------------------------------- alignment
@@ -327,14 +347,14 @@ def structure_report(config, data, results, run, workdir):
 
 def alignment_cells(config, data):
   """The reference setup, and Lemma 1's premise: V and V̄ learn alike."""
-  m_v = config.multipliers[2]
+  m_v = config.optimizer.multipliers[2]
   return [
-      train.Cell("reference", train.make_circuit(config, data, method="sal"),
-                 train.seed_members(config)),
-      train.Cell("lemma premise",
-                 train.make_circuit(config, data, method="sal",
-                                    v_bar_signal="activity"),
-                 train.seed_members(config, m_v_bar=m_v)),
+      _seed_cell(config, "reference",
+                 cells_lib.make_circuit(config, data, method="sal")),
+      _seed_cell(config, "lemma premise",
+                 cells_lib.make_circuit(config, data, method="sal",
+                                        v_bar_signal="activity"),
+                 m_v_bar=m_v),
   ]
 
 
@@ -350,22 +370,22 @@ def alignment_report(config, data, results, run, workdir):
     plots.lines(epochs, {f"W{l}": cos[:, :, l].mean(0)
                          for l in range(cos.shape[2])}, "epoch",
                 "cos(ΔW_SAL, -∇W F), epoch mean",
-                f"{config.dataset}, {label}: alignment with the gradient",
+                f"{config.data.dataset}, {label}: alignment with the gradient",
                 workdir / f"alignment_cosine_{slug}.png")
     plots.lines(epochs, {f"level {k + 1}": gap[:, :, k].mean(0)
                          for k in range(gap.shape[2])}, "epoch",
-                "‖V - V̄ᵀ‖ / ‖V‖", f"{config.dataset}, {label}: Lemma-1 gap",
+                "‖V - V̄ᵀ‖ / ‖V‖", f"{config.data.dataset}, {label}: Lemma-1 gap",
                 workdir / f"alignment_lemma1_gap_{slug}.png")
     plots.lines(epochs, {f"V̄{l}": learned_lr[:, :, l, 0].mean(0)
                          for l in range(learned_lr.shape[2])}, "epoch",
                 "largest eigenvalue of H = V̄V̄ᵀ",
-                f"{config.dataset}, {label}: learned learning rate",
+                f"{config.data.dataset}, {label}: learned learning rate",
                 workdir / f"alignment_learned_lr_{slug}.png", logy=True)
     summary[label] = dict(grad_cosine_by_epoch=cos.mean(0).tolist(),
                           lemma1_gap_by_epoch=gap.mean(0).tolist(),
                           learned_lr_by_epoch=learned_lr.mean(0).tolist(),
-                          accuracy=train.summarize(r))
-    if config.clip_norm > 0:
+                          accuracy=cells_lib.summarize(r))
+    if config.optimizer.clip_norm is not None:
       summary[label]["clipped_fraction_by_epoch"] = _per_epoch(
           r, "clipped_fraction").mean(0).tolist()
   return summary
@@ -381,7 +401,7 @@ def modulation_cells(config, data):
 def modulation_report(config, data, results, run, workdir):
   del run
   r = results["sal"]
-  circuit = train.make_circuit(config, data, method="sal")
+  circuit = cells_lib.make_circuit(config, data, method="sal")
   loss = losses.LOSSES[circuit.loss]
   batch = datasets.preprocess(*data.test)
   alive = [i for i in range(len(r["members"])) if i not in r["diverged"]]
@@ -400,12 +420,19 @@ def modulation_report(config, data, results, run, workdir):
     table["accuracy"].append([float(a) for _, a in per_member])
   mean_loss = np.mean(table["loss"], axis=1)
   plots.lines(list(config.taus), {"test loss after modulation": mean_loss},
-              "τ", "loss", f"{config.dataset}: short-term modulation "
+              "τ", "loss", f"{config.data.dataset}: short-term modulation "
               "(τ = 0: no modulation)", workdir / "modulation.png", logx=True)
   helps = [t for t, l in zip(config.taus, mean_loss) if l < mean_loss[0]]
   return dict(taus=list(config.taus), loss=table["loss"],
               accuracy=table["accuracy"],
               largest_tau_that_lowers_loss=max(helps) if helps else None)
+
+
+def epochs_trained(results) -> int:
+  """The epochs the members that did not diverge trained for."""
+  return max((len(h) for r in results.values()
+              for i, h in enumerate(r["history"]) if i not in r["diverged"]),
+             default=0)
 
 
 PLANS = {

@@ -25,7 +25,7 @@ def _finish(fig, ax, xlabel, ylabel, title, path, legend=True) -> None:
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title)
-  if legend:
+  if legend and ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   save(fig, path)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from sal_jax import circuit as circuit_lib
 from sal_jax import losses
+
+if TYPE_CHECKING:
+  from sal_jax import circuit as circuit_lib
 
 
 def _dtype(x) -> np.dtype:
@@ -35,17 +39,20 @@ def check_batch(circuit: circuit_lib.Circuit, batch) -> None:
     raise ValueError(f"batch must be a pair (inputs, labels), got {type(batch)}")
   x, y = batch
   d_in, d_out = circuit.upstream_widths[0], circuit.upstream_widths[-1]
-  if np.ndim(x) != 2:
+  images = _dtype(x) == np.uint8
+  if not images and not np.issubdtype(_dtype(x), np.floating):
     raise ValueError(
-        f"inputs must have rank 2 (batch, {d_in}), got shape {np.shape(x)}")
-  if np.shape(x)[1] != d_in:
+        f"inputs must be floating point features or uint8 images, got dtype "
+        f"{_dtype(x)}")
+  if np.ndim(x) < 2 or (not images and np.ndim(x) != 2):
     raise ValueError(
-        f"input width {np.shape(x)[1]} does not match the circuit's input width "
+        f"inputs must have rank 2 (batch, {d_in}), or be uint8 images (batch, "
+        f"...), got shape {np.shape(x)}")
+  width = int(np.prod(np.shape(x)[1:]))
+  if width != d_in:
+    raise ValueError(
+        f"input width {width} does not match the circuit's input width "
         f"{d_in} (inputs shape {np.shape(x)})")
-  if not np.issubdtype(_dtype(x), np.floating):
-    raise ValueError(
-        f"inputs must be floating point (scale images to [-1, 1] first), got "
-        f"dtype {x.dtype}")
   batch_size = np.shape(x)[0]
   if batch_size == 0:
     raise ValueError("batch is empty")

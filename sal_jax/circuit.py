@@ -1,6 +1,7 @@
 """The two-stream circuit: its static configuration, weights and activity passes.
 
-Notation follows ALGORITHM.md. Levels run 0..L; upstream widths are
+Notation follows docs/algorithm.md ("The circuit", "The four families").
+Levels run 0..L; upstream widths are
 ``widths = (d_0, ..., d_L)``. Downstream neurons exist at levels 1..L, with
 ``d̄_L = d_L`` and ``d̄_k = round(ratio * d_k)`` at hidden levels.
 
@@ -20,10 +21,12 @@ Activities are batch-major: ``x_BxD`` rows are examples.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sal_jax import losses
 from sal_jax import methods as methods_lib
@@ -33,7 +36,6 @@ Array = jax.Array
 NONLINEARITIES = ("identity", "relu", "tanh", "relu_jacobian")
 V_BAR_SIGNALS = ("preactivation", "activity")
 FAMILIES = ("w", "w_bar", "v", "v_bar")
-UPDATE_DTYPES = ("float32", "bfloat16")  # G and momentum; weights stay float32
 
 
 class Weights(NamedTuple):
@@ -87,17 +89,9 @@ class Circuit:
       takes the method's default. Families the method lacks cannot be listed.
     loss: ``softmax_cross_entropy``, ``mse`` or ``sigmoid_cross_entropy``.
     mirror_noise_std: σ of the noise weight mirroring (``wm``) learns from.
-    batched_products: form the rules' equal-shaped matrix products as one
-      batched product (same values up to float rounding; fewer kernels on an
-      accelerator). None: on accelerators, off on CPU, where XLA runs the
-      batched form slower (RESULTS.md), and off in vmapped sweeps
-      (``loop.sweep_circuit``).
-    update_dtype: the dtype the rules write G in, one of ``UPDATE_DTYPES``;
-      None: the weights' (float32). "bfloat16" rounds each entry of G to 8
-      significant bits (the product sums in float32 first; the weights and
-      the optimizer's arithmetic stay float32) and halves G's memory traffic
-      from the rules to the optimizer, which bounds a GPU sweep's step
-      (RESULTS.md, "Speed").
+
+  How its programs are computed (batched products, storage dtypes, precision)
+  is not part of the model: see ``compute.Compute``.
   """
   widths: tuple[int, ...]
   ratio: float = 1.0
@@ -107,11 +101,13 @@ class Circuit:
   plastic: tuple[str, ...] | None = None
   loss: str = "softmax_cross_entropy"
   mirror_noise_std: float = 1.0
-  batched_products: bool | None = None
-  update_dtype: str | None = None
 
   def __post_init__(self):
-    widths = tuple(int(d) for d in self.widths)
+    widths = tuple(self.widths)
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+               for d in widths):
+      raise ValueError(f"widths must be integers, got {widths}")
+    widths = tuple(int(d) for d in widths)
     object.__setattr__(self, "widths", widths)
     if self.plastic is not None:  # a tuple keeps the circuit hashable
       object.__setattr__(self, "plastic", tuple(self.plastic))
@@ -127,8 +123,8 @@ class Circuit:
       raise ValueError(
           f"method {self.method!r} needs at least one hidden level, got widths "
           f"{widths}; use method='linear' for a model without one")
-    if not self.ratio > 0:
-      raise ValueError(f"ratio must be positive, got {self.ratio}")
+    if not 0 < self.ratio < float("inf"):
+      raise ValueError(f"ratio must be positive and finite, got {self.ratio}")
     if self.nonlinearity is not None and self.nonlinearity not in NONLINEARITIES:
       raise ValueError(
           f"unknown nonlinearity {self.nonlinearity!r}; expected one of "
@@ -158,13 +154,6 @@ class Circuit:
       raise ValueError(
           f"plastic lists {sorted(unknown)}, which method {self.method!r} "
           f"does not have; it has {spec.families}")
-    if self.batched_products not in (None, True, False):
-      raise ValueError("batched_products must be True, False or None (by "
-                       f"backend), got {self.batched_products!r}")
-    if self.update_dtype is not None and self.update_dtype not in UPDATE_DTYPES:
-      raise ValueError(
-          f"unknown update_dtype {self.update_dtype!r}; expected one of "
-          f"{UPDATE_DTYPES} or None (the weights' dtype)")
     if self.mirror_noise_std <= 0:
       raise ValueError(
           f"mirror_noise_std must be positive, got {self.mirror_noise_std}")
@@ -185,13 +174,6 @@ class Circuit:
   def plastic_families(self) -> tuple[str, ...]:
     """Families that learn besides W."""
     return self.spec.plastic if self.plastic is None else tuple(self.plastic)
-
-  @property
-  def uses_batched_products(self) -> bool:
-    """``batched_products`` resolved for the current backend."""
-    if self.batched_products is None:
-      return jax.default_backend() != "cpu"
-    return bool(self.batched_products)
 
   @property
   def upstream_widths(self) -> tuple[int, ...]:
@@ -216,6 +198,7 @@ def _uniform(key: Array, rows: int, cols: int) -> Array:
   return jax.random.uniform(key, (rows, cols), jnp.float32, -bound, bound)
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def init_weights(key: Array, circuit: Circuit) -> Weights:
   """Draws every matrix of the circuit independently, U(±1/sqrt(fan_in))."""
   up, down = circuit.upstream_widths, circuit.downstream_widths

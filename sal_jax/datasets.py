@@ -30,8 +30,6 @@ import os
 import pathlib
 import pickle
 import zipfile
-from typing import Iterator
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -335,6 +333,17 @@ def _read_tfds(name: str, data_dir: str | None):
   return out, f"tfds:{tfds_name}@{builder.data_dir}"
 
 
+def _tfds_prepared(name: str, data_dir) -> bool:
+  """Whether a tensorflow-datasets copy of ``name`` seems to be prepared
+  (so ``auto`` asks tfds only then, and tfds warns of no missing folder)."""
+  tfds_name = SPECS[name].tfds_name
+  if tfds_name is None:
+    return False
+  root = pathlib.Path(data_dir or os.environ.get(
+      "TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+  return any((root / tfds_name).glob("*/dataset_info.json"))
+
+
 def _validate(name: str, arrays: dict, where: str) -> dict:
   spec = SPECS[name]
   fixed = {}
@@ -404,7 +413,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None,
     arrays = _read_sklearn_digits()
     looked.append("scikit-learn")
     found = (arrays, "sklearn.datasets.load_digits") if arrays else None
-  if found is None and source in ("auto", "tfds"):
+  if found is None and (source == "tfds" or (
+      source == "auto" and _tfds_prepared(name, data_dir))):
     found = _read_tfds(name, None if data_dir is None else str(data_dir))
     looked.append(f"tensorflow-datasets data_dir={data_dir or '~/tensorflow_datasets'}")
   if found is None:
@@ -422,17 +432,11 @@ def load(name: str, data_dir: str | os.PathLike | None = None,
 
 
 # --------------------------------------------------------------------------
-# Device-side batching.
+# Batches.
 
 
 def preprocess(images: Array, labels: Array) -> tuple[Array, Array]:
-  """uint8 images -> flat float32 in [-1, 1]; multi-hot labels -> float32.
-
-  The bytes are converted straight to float32. Read as int8 instead (``b -
-  128``, the same values), XLA:GPU fuses the conversion into the products
-  that read the batch and writes no float32 batch, but one SAL epoch took
-  18.3 ms instead of 17.4 on an H200 (RESULTS.md, "Speed", GPU run 6).
-  """
+  """uint8 images -> flat float32 in [-1, 1]; multi-hot labels -> float32."""
   if images.dtype != jnp.uint8:
     raise ValueError(f"images must be uint8 (0-255, as datasets.load gives "
                      f"them), got dtype {images.dtype}")
@@ -446,6 +450,8 @@ def epoch_indices(key: Array, num_examples: int, batch_size: int) -> Array:
   """A shuffled epoch's example indices, [num_batches, batch_size].
 
   The permutation comes from ``key``; the last partial batch is dropped.
+  Row ``i`` indexes the images and labels of step ``i``, in a Python loop
+  (``step(state, (images[idx], labels[idx]))``) as in a scanned epoch.
   """
   checks.check_batch_size(batch_size)
   num_batches = num_examples // batch_size
@@ -454,26 +460,3 @@ def epoch_indices(key: Array, num_examples: int, batch_size: int) -> Array:
         f"batch_size {batch_size} exceeds the {num_examples} examples")
   perm = jax.random.permutation(key, num_examples)
   return perm[:num_batches * batch_size].reshape(num_batches, batch_size)
-
-
-def epoch_batches(key: Array, images: Array, labels: Array,
-                  batch_size: int) -> tuple[Array, Array]:
-  """A shuffled epoch as [num_batches, batch_size, ...] arrays, jit-friendly."""
-  idx = epoch_indices(key, images.shape[0], batch_size)
-  return images[idx], labels[idx]
-
-
-_jitted_preprocess = jax.jit(preprocess)  # one dispatch per batch
-
-
-def iterate(images, labels, batch_size: int, key: Array | None = None,
-            drop_remainder: bool = True) -> Iterator[tuple[Array, Array]]:
-  """Preprocessed batches for a Python loop; shuffled when ``key`` is given."""
-  checks.check_batch_size(batch_size)
-  n = images.shape[0]
-  order = (np.asarray(jax.random.permutation(key, n)) if key is not None
-           else np.arange(n))
-  stop = n - n % batch_size if drop_remainder else n
-  for start in range(0, stop, batch_size):
-    idx = order[start:start + batch_size]
-    yield _jitted_preprocess(images[idx], labels[idx])

@@ -1,4 +1,4 @@
-"""Short-term modulation (paper Sec. 2.3): feedback nudges upstream potentials.
+"""Short-term modulation (Sec. 2.3; docs/algorithm.md, "Short-term modulation").
 
 After one forward and feedback cycle, each upstream level receives the signal
 its V̄ synapses carry, h^l <- h^l + τ V̄^{l-1} D_d^l h̄^l, and activity is
@@ -22,8 +22,7 @@ def modulated_output(circuit: circuit_lib.Circuit,
                      tau: float | Array) -> Array:
   """The output ŷ after one modulation cycle of strength ``tau``."""
   up, down = train.forward_and_feedback(circuit, weights, batch)
-  signals = rules.upstream_feedback(weights, down,
-                                    circuit.uses_batched_products)
+  signals = rules.upstream_feedback(weights, down, batched=False)
   a = up.a[0]
   h = None
   for w_l, signal in zip(weights.w, signals):

@@ -12,6 +12,7 @@ matrix gets G = 0 from the rules and no weight decay, so it stays put.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -20,6 +21,7 @@ import numpy as np
 import optax
 
 from sal_jax import circuit as circuit_lib
+from sal_jax import compute as compute_lib
 
 Weights = circuit_lib.Weights
 
@@ -29,9 +31,8 @@ REFERENCE_MULTIPLIERS = (1.0, 0.2, 1.0, 4.0)  # W : W̄ : V : V̄
 def scale_by_family(multipliers) -> optax.GradientTransformation:
   """Multiplies every update of a family by that family's multiplier.
 
-  ``multipliers`` is one [4] array (W, W̄, V, V̄), not four scalars: every
-  update kernel then reads the same small array, which lets XLA:GPU fuse the
-  updates of equally shaped matrices into one kernel (RESULTS.md, "Speed").
+  ``multipliers`` is one [4] array (W, W̄, V, V̄), so a sweep can vmap over
+  it as one hyperparameter.
   """
 
   def update_fn(updates: Weights, state, params=None):
@@ -52,16 +53,13 @@ class ClipState(NamedTuple):
 
 
 def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
-  """``optax.clip_by_global_norm`` with the norm taken in one reduction.
+  """``optax.clip_by_global_norm``, the norm taken in one reduction.
 
-  optax reduces every matrix on its own (two kernels each on a GPU, 26 for
-  SAL's 13 matrices); here the updates are raveled into one vector, which XLA
-  fuses into a single reduction. Same result up to float summation order.
-  The norm is summed in float32 (or wider) whatever the updates' dtype.
-  Whether the clip binds is part of a rule's dynamics, so the state counts
-  the updates it shortened (``ClipState``; read it with ``clip_statistics``).
-  Counting costs one small kernel per step of one model on a GPU, none in a
-  sweep of 64 (XLA:GPU's compile for an H100, RESULTS.md "Speed").
+  The updates are raveled into one vector and summed in float32 (or wider)
+  whatever their dtype: the result equals optax's up to float summation
+  order. Whether the clip binds is part of a rule's dynamics, so the state
+  counts the updates it shortened (``ClipState``; read it with
+  ``clip_statistics``).
   """
 
   def init_fn(params):
@@ -142,9 +140,11 @@ def reference(circuit: circuit_lib.Circuit,
               weight_decay: float = 1e-3,
               clip_norm: float | None = 50.0,
               multipliers: Sequence[float] = REFERENCE_MULTIPLIERS,
-              momentum_dtype: str | None = None,
+              compute: compute_lib.Compute | None = None,
               ) -> optax.GradientTransformation:
   """The reference chain: multipliers, clip, decay, SGD with momentum.
+
+  docs/algorithm.md, "Reference training setup".
 
   Args:
     circuit: decides which families get weight decay (the plastic ones).
@@ -154,30 +154,38 @@ def reference(circuit: circuit_lib.Circuit,
     weight_decay: γ, applied to plastic families after the multipliers.
     clip_norm: global-norm bound of the scaled updates; None disables it.
     multipliers: per-family multipliers (W, W̄, V, V̄).
-    momentum_dtype: the dtype the momentum is stored in, one of
-      ``circuit.UPDATE_DTYPES``; None: the weights' (float32). "bfloat16"
-      rounds it to 8 significant bits after each step (it is accumulated in
-      float32) and takes a fifth off the update's memory traffic (read G, the
-      weights and the momentum, write the last two), which bounds a GPU
-      sweep's step (RESULTS.md, "Speed").
+    compute: its ``momentum_dtype`` is the dtype the momentum is stored in.
 
   Returns:
     An ``optax.inject_hyperparams`` transformation whose state carries, as
     arrays, ``learning_rate``, ``momentum``, ``weight_decay`` and
     ``clip_norm`` (scalars) and ``multipliers`` ([4]: W, W̄, V, V̄).
   """
+  multipliers = tuple(multipliers)
   if len(multipliers) != 4:
     raise ValueError(
-        f"multipliers must be four numbers (W, W̄, V, V̄), got "
-        f"{tuple(multipliers)}")
+        f"multipliers must be four numbers (W, W̄, V, V̄), got {multipliers}")
   check_hyperparams(learning_rate=learning_rate, momentum=momentum,
                     weight_decay=weight_decay, multipliers=multipliers,
                     **({} if clip_norm is None else {"clip_norm": clip_norm}))
-  if (momentum_dtype is not None
-      and momentum_dtype not in circuit_lib.UPDATE_DTYPES):
-    raise ValueError(
-        f"unknown momentum_dtype {momentum_dtype!r}; expected one of "
-        f"{circuit_lib.UPDATE_DTYPES} or None (the weights' dtype)")
+  args = (circuit, learning_rate, momentum, weight_decay, clip_norm,
+          multipliers, compute or compute_lib.DEFAULT)
+  try:
+    return _cached_reference(*args)
+  except TypeError:  # an unhashable (traced) value
+    return _reference(*args)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_reference(*args):
+  """One transformation per setting: programs built from the same settings
+  then hit jit's cache, which compares optimizers by identity."""
+  return _reference(*args)
+
+
+def _reference(circuit, learning_rate, momentum, weight_decay, clip_norm,
+               multipliers, compute):
+  momentum_dtype = compute.momentum_dtype
   mask = _plastic_mask(circuit.plastic_families)
 
   def chain(learning_rate, momentum, weight_decay, multipliers,

@@ -1,90 +1,42 @@
-"""Two ways to use several devices, both ``jax.jit`` with ``NamedSharding``.
+"""Meshes and placement for several devices.
 
-Data parallelism (one model): weights replicated, each batch split on a
-"data" axis; the rules' batch means become cross-device reductions that XLA
-inserts itself, so the sharded step computes the same update as the
-single-device one.
+Two layouts, both ``jax.jit`` over ``NamedSharding``:
 
-Member parallelism (a sweep): the members of a vmapped sweep split on a
-"members" axis, the data replicated. Members never communicate, so each
-device runs its share of ``loop.sweep_epoch`` on its own (the compiled
-program has no collectives) and every member computes what it computes on
-one device: on CPU bitwise when each device holds two or more members and
-the gradient clip shortens no update (the clip's norm may be summed in
-another order), to float32 rounding otherwise, and with one member per
-device (XLA then drops the member axis from the products).
+- data parallelism (one model): ``data_mesh`` and ``train.make_step(...,
+  mesh=mesh)``; the state is replicated, each batch split on the "data" axis.
+- member parallelism (a sweep): ``member_mesh`` and ``shard_members``; the
+  members of ``sweep.sweep_epoch`` split on the "members" axis, the data
+  replicated (``replicate``). Members never communicate, so each device runs
+  its share alone and every member computes what it computes on one device:
+  bitwise on CPU when each device holds two or more members and the clip
+  shortens no update (its norm may be summed in another order), to float32
+  rounding otherwise.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sal_jax import checks
-from sal_jax import circuit as circuit_lib
-from sal_jax import loop
-from sal_jax import train
-from sal_jax import xla_options
-
-AXIS = "data"
+DATA = "data"
 MEMBERS = "members"
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A one-axis mesh named "data" over ``devices`` (default: all local)."""
   devices = jax.local_devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), (AXIS,))
+  return Mesh(np.asarray(devices), (DATA,))
 
 
-def _check_divisible(batch_size: int, mesh: Mesh) -> None:
+def check_divisible(batch_size: int, mesh: Mesh) -> None:
+  """Raises ValueError unless ``batch_size`` splits evenly over ``mesh``."""
   if batch_size % mesh.size:
     raise ValueError(
         f"batch size {batch_size} does not divide evenly over {mesh.size} "
         f"devices; use a multiple of {mesh.size}")
-
-
-def make_parallel_step(circuit: circuit_lib.Circuit,
-                       optimizer: optax.GradientTransformation, mesh: Mesh, *,
-                       diagnostics: bool = False):
-  """``step(state, batch)`` on every device of ``mesh``, state replicated.
-
-  Each call blocks until its result is ready: on CPU, dispatching a
-  multi-device program before the previous one finished can deadlock the
-  collective rendezvous (seen with jax 0.10).
-  """
-  replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
-  jitted = jax.jit(
-      functools.partial(train.train_step, circuit, optimizer,
-                        diagnostics=diagnostics),
-      in_shardings=(replicated, split), out_shardings=replicated,
-      donate_argnums=0, compiler_options=xla_options.MULTI_DEVICE_OPTIONS)
-
-  def step(state, batch):
-    checks.check_batch(circuit, batch)
-    _check_divisible(np.shape(batch[0])[0], mesh)
-    return jax.block_until_ready(jitted(state, batch))
-
-  return step
-
-
-def make_parallel_epoch(circuit: circuit_lib.Circuit,
-                        optimizer: optax.GradientTransformation,
-                        batch_size: int, mesh: Mesh, *,
-                        diagnostics: bool = False):
-  """``epoch(state, key, images, labels)`` with each batch split over ``mesh``."""
-  _check_divisible(batch_size, mesh)
-  replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
-  epoch = loop.make_epoch(circuit, optimizer, batch_size,
-                          diagnostics=diagnostics, batch_sharding=split)
-  jitted = jax.jit(epoch, in_shardings=replicated, out_shardings=replicated,
-                   donate_argnums=0,
-                   compiler_options=xla_options.MULTI_DEVICE_OPTIONS)
-  return lambda *args: jax.block_until_ready(jitted(*args))
 
 
 def replicate(tree, mesh: Mesh):

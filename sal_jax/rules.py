@@ -1,4 +1,4 @@
-"""The local plasticity rules (ALGORITHM.md; Eqs. 5-8 of arXiv 2412.20018).
+"""The local plasticity rules (docs/algorithm.md, "The rules"; Eqs. 5-8).
 
 Each rule is (postsynaptic signal delivered by the other synapse class) x
 (presynaptic activity)ᵀ, averaged over the batch:
@@ -9,17 +9,12 @@ Each rule is (postsynaptic signal delivered by the other synapse class) x
     ΔV̄^l = [h^{l+1} or a^{l+1}] (D_d^{l+1} h̄^{l+1})ᵀ
 
 The ``*_factors`` functions return each rule's (post_BxM, pre_BxN) pairs;
-``plasticity`` forms all the outer products of a step together. On an
-accelerator, products of equal shape run as one batched matrix product: a
-small MLP's step there is bound by how many kernels it launches, not by its
-FLOPs. XLA:CPU runs the batched form slower (measured: RESULTS.md), so on CPU
-every matrix gets its own product, and so does every member of a vmapped sweep
-(``loop.sweep_circuit``); ``Circuit.batched_products`` overrides both.
+``plasticity`` forms all the outer products of a step together, optionally
+as one batched product per shape (``compute.Compute.batched_products``).
 
 ``plasticity`` returns G = -ΔM (decay excluded) with the tree structure of the
 weights, so that it can be fed to any optax chain as if it were a gradient;
-the weight decay -γM belongs to the optimizer. ``Circuit.update_dtype`` may
-store G in bfloat16 (XLA rounds it in the product's epilogue).
+the weight decay -γM belongs to the optimizer.
 """
 
 from __future__ import annotations
@@ -67,9 +62,8 @@ def outer_means(pairs: Sequence[tuple[Array, Array]],
                 batched: bool = True) -> list[Array]:
   """Batch means of post ⊗ pre for every pair, batched by shape if asked.
 
-  (A product is never formed transposed to share another's batch: XLA:GPU
-  then copies it back to its matrix's layout, which costs more kernels than
-  the shared product saves; RESULTS.md, "Speed".)
+  Only equal shapes share a product; a transposed product would need its
+  result copied back to its matrix's layout.
   """
   return _batched(_outer_mean, pairs, batched)
 
@@ -140,9 +134,10 @@ def v_bar_factors(weights: Weights, up: circuit_lib.Upstream,
 
 
 def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
-               down: circuit_lib.Downstream,
-               key: Array | None = None) -> Weights:
-  """G = -ΔM for every family; zeros for families that do not learn.
+               down: circuit_lib.Downstream, key: Array | None = None, *,
+               batched: bool = False,
+               update_dtype: str | None = None) -> Weights:
+  """G = -ΔM for every family (Eqs. 5-8); zeros for families that do not learn.
 
   Args:
     circuit: static configuration.
@@ -150,13 +145,14 @@ def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
     up: upstream activity from ``circuit.upstream``.
     down: downstream activity from ``circuit.downstream``.
     key: PRNG key, needed by weight mirroring only.
+    batched: form equal-shaped products as one batched product.
+    update_dtype: the dtype G is returned in; None keeps each matrix's own
+      (the products sum in float32 first).
 
   Returns:
-    Updates with the tree structure of ``weights``, signed like gradients,
-    in ``circuit.update_dtype`` if set (the products sum in float32 first).
+    Updates with the tree structure of ``weights``, signed like gradients.
   """
   plastic = circuit.plastic_families
-  batched = circuit.uses_batched_products
   factors = {"w": w_factors(weights, up, down, batched)}
   if "w_bar" in plastic and circuit.spec.w_bar_rule == "mirror":
     if key is None:
@@ -172,7 +168,7 @@ def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
 
   deltas = iter(outer_means([p for name in factors for p in factors[name]],
                             batched))
-  dtype = circuit.update_dtype  # None keeps each matrix's own
+  dtype = update_dtype
   return Weights(*(
       tuple((-next(deltas)).astype(dtype or m.dtype) for m in family)
       if name in factors else

@@ -1,8 +1,15 @@
-"""Training state and the jitted step: forward, feedback, local updates.
+"""Training state, the jitted step and the evaluator.
 
-``train_step`` is the pure function; ``make_step`` binds the static circuit
-and optimizer, checks its input and jits it with the state donated. Scans over
-epochs and vmaps over seeds reuse ``train_step`` unchanged.
+``train_step`` is the pure function: both streams, then the local rules
+through an optax chain (docs/algorithm.md, "The rules"). ``make_step`` binds
+the static circuit, optimizer and ``compute.Compute``, checks its input and
+jits it, data-parallel over a mesh if given. Scanned epochs and vmapped
+sweeps (``sweep``) reuse ``train_step`` unchanged.
+
+A batch is ``(inputs, labels)``: inputs are float features [B, D], or uint8
+images [B, ...] that the program scales to [-1, 1] and flattens
+(``datasets.preprocess``); labels are integers [B], or multi-hot [B, O] for a
+multi-label loss.
 """
 
 from __future__ import annotations
@@ -14,18 +21,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sal_jax import checks
 from sal_jax import circuit as circuit_lib
+from sal_jax import compute as compute_lib
+from sal_jax import datasets
 from sal_jax import diagnostics as diagnostics_lib
 from sal_jax import losses
+from sal_jax import parallel
 from sal_jax import rules
-from sal_jax import xla_options
 
 Array = jax.Array
 Circuit = circuit_lib.Circuit
+Compute = compute_lib.Compute
 Weights = circuit_lib.Weights
-Batch = tuple[Array, Array]  # (inputs_BxD, labels_B or multi-hot targets_BxO)
+Batch = tuple[Array, Array]
 
 
 @flax.struct.dataclass
@@ -37,6 +48,7 @@ class TrainState:
   key: Array  # folded with the step for per-step randomness (mirror noise)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def init_state(key: Array, circuit: Circuit,
                optimizer: optax.GradientTransformation) -> TrainState:
   """Draws the weights from ``key`` and initialises the optimizer."""
@@ -46,10 +58,18 @@ def init_state(key: Array, circuit: Circuit,
                     opt_state=optimizer.init(weights), key=run_key)
 
 
+def as_features(batch: Batch) -> Batch:
+  """``batch`` with uint8 images preprocessed (``datasets.preprocess``)."""
+  x, y = batch
+  if x.dtype == jnp.uint8:
+    return datasets.preprocess(x, y)
+  return x.astype(jnp.float32), y
+
+
 def forward_and_feedback(circuit: Circuit, weights: Weights, batch: Batch):
   """Upstream pass, output error and downstream pass for one batch."""
-  x, y = batch
-  up = circuit_lib.upstream(weights.w, x.astype(jnp.float32))
+  x, y = as_features(batch)
+  up = circuit_lib.upstream(weights.w, x)
   loss = losses.LOSSES[circuit.loss]
   down = circuit_lib.downstream(circuit, weights, up, loss.error(up.output, y))
   return up, down
@@ -57,14 +77,18 @@ def forward_and_feedback(circuit: Circuit, weights: Weights, batch: Batch):
 
 def train_step(circuit: Circuit, optimizer: optax.GradientTransformation,
                state: TrainState, batch: Batch, *,
+               compute: Compute = compute_lib.DEFAULT,
                diagnostics: bool = False) -> tuple[TrainState, dict[str, Array]]:
   """One step of the circuit: both streams, then the local rules via optax.
 
   Metrics are measured on the batch before the update.
   """
+  batch = as_features(batch)
   up, down = forward_and_feedback(circuit, state.weights, batch)
   grads = rules.plasticity(circuit, state.weights, up, down,
-                           key=jax.random.fold_in(state.key, state.step))
+                           key=jax.random.fold_in(state.key, state.step),
+                           batched=compute.products_batched(),
+                           update_dtype=compute.update_dtype)
   loss = losses.LOSSES[circuit.loss]
   metrics = {
       "loss": _batch_mean(loss.value(up.output, batch[1])),
@@ -77,8 +101,7 @@ def train_step(circuit: Circuit, optimizer: optax.GradientTransformation,
 
 
 def _batch_mean(per_example_B: Array) -> Array:
-  """The mean, as a sum of shares: XLA:GPU fuses this division into the
-  reduction, where ``jnp.mean``'s comes after it as a kernel of its own."""
+  """The mean, as a sum of shares (one fused reduction on a GPU)."""
   return jnp.sum(per_example_B / per_example_B.shape[0])
 
 
@@ -92,47 +115,102 @@ def apply_gradients(optimizer: optax.GradientTransformation,
 
 
 def make_step(circuit: Circuit, optimizer: optax.GradientTransformation, *,
-              diagnostics: bool = False):
-  """Returns ``step(state, batch) -> (state, metrics)``, jitted, state donated.
+              compute: Compute | None = None, diagnostics: bool = False,
+              donate: bool = True, mesh: jax.sharding.Mesh | None = None):
+  """Returns ``step(state, batch) -> (state, metrics)``, jitted.
+
+  The state passed in is donated: its buffers are reused for the new state
+  and the old one is gone. Pass ``donate=False`` to keep old states (to
+  compare weights before and after a step).
+
+  With ``mesh`` (``parallel.data_mesh()``), the step is data parallel: the
+  state is replicated, each batch split over the mesh's devices, and the
+  rules' batch means reduce across them, so the update is the single-device
+  one. Each call then blocks until its result is ready (on CPU, a
+  multi-device program dispatched before the previous one finished can
+  deadlock XLA's collectives).
 
   The returned function checks the batch (shape, dtype, label range) before
   dispatch and raises ``ValueError`` naming the problem.
   """
-  jitted = jax.jit(
-      functools.partial(train_step, circuit, optimizer,
-                        diagnostics=diagnostics),
-      donate_argnums=0, compiler_options=xla_options.OPTIONS)
+  compute = compute or compute_lib.DEFAULT
+  fn = functools.partial(train_step, circuit, optimizer, compute=compute,
+                         diagnostics=diagnostics)
+  donate_argnums = (0,) if donate else ()
+  if mesh is None:
+    jitted = compute.jit(fn, donate_argnums=donate_argnums)
+  else:
+    replicated = NamedSharding(mesh, P())
+    split = NamedSharding(mesh, P(parallel.DATA))
+    jitted = compute.jit(fn, multi_device=True, donate_argnums=donate_argnums,
+                         in_shardings=(replicated, split),
+                         out_shardings=replicated)
 
   def step(state: TrainState, batch: Batch):
     checks.check_batch(circuit, batch)
-    return jitted(state, batch)
+    if mesh is None:
+      return jitted(state, batch)
+    parallel.check_divisible(np.shape(batch[0])[0], mesh)
+    return jax.block_until_ready(jitted(state, batch))
 
   return step
 
 
+def loss_and_accuracy(circuit: Circuit, weights: Weights, batch: Batch,
+                      batch_size: int = 2000) -> dict[str, Array]:
+  """Mean loss and accuracy over every example of ``batch``, traceable.
+
+  Chunks of ``batch_size`` run in a ``lax.scan``, the remainder once more;
+  uint8 images are preprocessed chunk by chunk.
+  """
+  x, y = batch
+  n = x.shape[0]
+
+  def sums(chunk):
+    features, labels = as_features(chunk)
+    logits = circuit_lib.upstream(weights.w, features).output
+    loss = losses.LOSSES[circuit.loss]
+    return jnp.stack([jnp.sum(loss.value(logits, labels)),
+                      jnp.sum(loss.correct(logits, labels))])
+
+  full = (n // batch_size) * batch_size
+  total = jnp.zeros(2)
+  if full:
+    chunks = (x[:full].reshape((-1, batch_size) + x.shape[1:]),
+              y[:full].reshape((-1, batch_size) + y.shape[1:]))
+    total += jax.lax.scan(lambda c, b: (c + sums(b), None), total, chunks)[0]
+  if full < n:
+    total += sums((x[full:], y[full:]))
+  return {"loss": total[0] / n, "accuracy": total[1] / n}
+
+
+@functools.lru_cache(maxsize=64)
+def _evaluator(circuit: Circuit, compute: Compute, batch_size: int,
+               members: bool):
+  fn = functools.partial(loss_and_accuracy, circuit, batch_size=batch_size)
+  return compute.jit(jax.vmap(fn, in_axes=(0, None)) if members else fn)
+
+
 def evaluate(circuit: Circuit, weights: Weights, batch: Batch,
-             batch_size: int = 2048) -> dict[str, float]:
-  """Mean loss and accuracy over a held-out set, in chunks of ``batch_size``."""
+             batch_size: int = 2000, *,
+             compute: Compute | None = None) -> dict[str, Array]:
+  """Mean loss and accuracy over a held-out set, as one compiled program.
+
+  ``batch`` is a whole split, features or uint8 images (module doc);
+  ``batch_size`` only bounds the memory each chunk takes. Returns scalars.
+  """
   checks.check_batch(circuit, batch)
   checks.check_batch_size(batch_size)
-  x, y = batch
-  totals = np.zeros(2)
-  for start in range(0, x.shape[0], batch_size):
-    chunk = (x[start:start + batch_size], y[start:start + batch_size])
-    totals += np.asarray(_eval_sums(circuit, weights, chunk))
-  return {"loss": float(totals[0] / x.shape[0]),
-          "accuracy": float(totals[1] / x.shape[0])}
+  return _evaluator(circuit, compute or compute_lib.DEFAULT, batch_size,
+                    False)(weights, tuple(batch))
 
 
-def loss_and_correct_sums(circuit: Circuit, weights: Weights,
-                          batch: Batch) -> Array:
-  """[Σ loss, Σ correct] over a batch: what evaluation accumulates."""
-  x, y = batch
-  logits = circuit_lib.upstream(weights.w, x.astype(jnp.float32)).output
-  loss = losses.LOSSES[circuit.loss]
-  return jnp.stack([jnp.sum(loss.value(logits, y)),
-                    jnp.sum(loss.correct(logits, y))])
-
-
-_eval_sums = jax.jit(loss_and_correct_sums, static_argnums=0,
-                     compiler_options=xla_options.OPTIONS)
+def evaluate_members(circuit: Circuit, weights: Weights, batch: Batch,
+                     batch_size: int = 2000, *,
+                     compute: Compute | None = None) -> dict[str, Array]:
+  """``evaluate`` for every member of a sweep (weights with a leading member
+  axis); returns [members] arrays."""
+  checks.check_batch(circuit, batch)
+  checks.check_batch_size(batch_size)
+  return _evaluator(circuit, compute or compute_lib.DEFAULT, batch_size,
+                    True)(weights, tuple(batch))

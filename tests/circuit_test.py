@@ -1,6 +1,5 @@
 """Shapes, initialisation, jit/vmap behaviour and input errors of the circuit."""
-
-import dataclasses
+import functools
 
 import chex
 import jax
@@ -30,9 +29,11 @@ def test_family_shapes_follow_the_specification(rng, widths, ratio,
   opt = sj.reference_optimizer(circuit)
   state = sj.init_state(jax.random.key(0), circuit, opt)
   batch = random_batch(rng, batch_size, widths[0], widths[-1])
-  up, down = train.forward_and_feedback(circuit, state.weights, batch)
+  up, down = jax.jit(functools.partial(train.forward_and_feedback, circuit))(
+      state.weights, batch)
   chex.assert_shape(down.h_bar, [(batch_size, d) for d in bar])
-  grads = sj.plasticity(circuit, state.weights, up, down)
+  grads = jax.jit(functools.partial(sj.plasticity, circuit))(
+      state.weights, up, down)
   chex.assert_trees_all_equal_shapes(grads, state.weights)
   state, metrics = sj.make_step(circuit, opt, diagnostics=True)(state, batch)
   chex.assert_tree_all_finite((state.weights, metrics))
@@ -136,10 +137,8 @@ def mnist_or_generated():
     (dict(widths=(6, 8, 4), method="fa", plastic=("v",)), "does not have"),
     (dict(widths=(6, 8, 4), v_bar_signal="post"), "unknown v_bar_signal"),
     (dict(widths=(6, 8, 4), loss="hinge"), "unknown loss"),
-    (dict(widths=(6, 8, 4), batched_products="off"),
-     "batched_products must be True, False or None"),
-    (dict(widths=(6, 8, 4), update_dtype="float16"),
-     "unknown update_dtype 'float16'"),
+    (dict(widths=(6, 8, 4), ratio=float("inf")), "ratio must be positive"),
+    (dict(widths=(64, 32.7, 10)), "widths must be integers"),
 ])
 def test_bad_configuration_raises_value_error_naming_it(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -151,7 +150,6 @@ def test_bad_configuration_raises_value_error_naming_it(kwargs, message):
     (dict(weight_decay=-1e-3), "weight_decay must be non-negative"),
     (dict(momentum=1.5), "momentum"),
     (dict(multipliers=(1, 2)), "multipliers"),
-    (dict(momentum_dtype="float16"), "unknown momentum_dtype 'float16'"),
 ])
 def test_bad_optimizer_settings_raise_value_error(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -162,7 +160,10 @@ def test_bad_optimizer_settings_raise_value_error(kwargs, message):
     ((np.zeros((3, 5), np.float32), np.zeros(3, np.int32)),
      "input width 5 does not match the circuit's input width 6"),
     ((np.zeros((3, 6, 1), np.float32), np.zeros(3, np.int32)), "rank 2"),
-    ((np.zeros((3, 6), np.uint8), np.zeros(3, np.int32)), "floating point"),
+    ((np.zeros((3, 6), np.int32), np.zeros(3, np.int32)),
+     "floating point features or uint8 images"),
+    ((np.zeros((3, 2, 2), np.uint8), np.zeros(3, np.int32)),
+     r"input width 4 does not match the circuit's input width 6"),
     ((np.zeros((3, 6), np.float32), np.array([0, 4, 1])),
      r"labels out of range: found values in \[0, 4\], expected \[0, 3\]"),
     ((np.zeros((3, 6), np.float32), np.array([0, -1, 1])),
@@ -202,15 +203,14 @@ def _matrix_products(fn, *args) -> int:
 
 def _rules(rng, method, ratio):
   """The plasticity of a fresh circuit as a function of (weights, up, down),
-  for either setting of ``Circuit.batched_products``."""
+  with the products batched by shape or not."""
   circuit = sj.Circuit(widths=(12, 8, 8, 8, 3), ratio=ratio, method=method)
   weights = sj.init_weights(jax.random.key(0), circuit)
   up, down = train.forward_and_feedback(circuit, weights,
                                         random_batch(rng, 5, 12, 3))
   key = jax.random.key(1)
   rules = lambda batched: (lambda w, u, d: sj.plasticity(
-      dataclasses.replace(circuit, batched_products=batched), w, u, d,
-      key=key))
+      circuit, w, u, d, key=key, batched=batched))
   return rules, (weights, up, down)
 
 
@@ -234,6 +234,29 @@ def test_batched_sal_rules_need_a_handful_of_matrix_products(
   assert _matrix_products(rules(True), *args) == batched_products
 
 
-def test_products_are_batched_by_default_on_accelerators_only():
-  circuit = sj.Circuit(widths=(12, 8, 3))
-  assert circuit.uses_batched_products == (jax.default_backend() != "cpu")
+def test_a_step_donates_its_state_unless_asked_not_to(rng):
+  circuit = sj.Circuit(widths=(6, 8, 4))
+  opt = sj.reference_optimizer(circuit)
+  batch = random_batch(rng, 5, 6, 4)
+  kept = sj.init_state(jax.random.key(0), circuit, opt)
+  before = np.asarray(kept.weights.w[0])
+  new, _ = sj.make_step(circuit, opt, donate=False)(kept, batch)
+  np.testing.assert_array_equal(kept.weights.w[0], before)  # still readable
+  assert not np.array_equal(new.weights.w[0], before)
+  donated = sj.init_state(jax.random.key(0), circuit, opt)
+  sj.make_step(circuit, opt)(donated, batch)
+  if jax.default_backend() != "cpu" or donated.weights.w[0].is_deleted():
+    assert donated.weights.w[0].is_deleted()
+
+
+def test_a_step_takes_uint8_images_as_the_scanned_epoch_does(rng):
+  circuit = sj.Circuit(widths=(4, 8, 3))
+  opt = sj.reference_optimizer(circuit)
+  images = rng.integers(0, 256, (5, 2, 2)).astype(np.uint8)
+  labels = rng.integers(0, 3, 5).astype(np.int32)
+  step = sj.make_step(circuit, opt, donate=False)
+  state = sj.init_state(jax.random.key(0), circuit, opt)
+  from_images, _ = step(state, (images, labels))
+  from_features, _ = step(state, sj.datasets.preprocess(images, labels))
+  chex.assert_trees_all_close(from_images.weights, from_features.weights,
+                              rtol=1e-6, atol=1e-7)

@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -11,6 +12,14 @@ import pytest
 
 # Catch silent broadcasting bugs (as the equinox test suite does).
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Tests compile the same small programs many times over: keep them on disk
+# for the session (and for its subprocesses, through the environment).
+_CACHE = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    str(pathlib.Path(tempfile.gettempdir()) / "sal_jax_test_cache"))
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 
 @pytest.fixture
@@ -51,3 +60,46 @@ def run_on_four_fake_devices(script, *args, timeout=240):
   return subprocess.run([sys.executable, "-c", script, *map(str, args)],
                         env=env, capture_output=True, text=True,
                         timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+  """A tiny MNIST-format .npz: 48 training and 20 test images."""
+  return write_mnist_npz(tmp_path_factory.mktemp("mnist"), 48, 20)
+
+
+def experiment_config(module, data_dir, **overrides):
+  """``module``'s smoke config on MNIST in ``data_dir``; ``overrides`` by
+  dotted name with ``__`` for the dot (``run__epochs=1``)."""
+  config = module.get_config(runlocal=True)
+  config.data.dataset = "mnist"
+  config.data.data_dir = str(data_dir)
+  for name, value in overrides.items():
+    *groups, field = name.split("__")
+    node = config
+    for group in groups:
+      node = node[group]
+    node[field] = value
+  return config
+
+
+def run_cli(capsys, *argv):
+  """Runs ``experiments.main`` in this process: (exit status, stderr)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from experiments import main  # pylint: disable=g-import-not-at-top
+  argv = ["main", *map(str, argv)]
+  flags.FLAGS.unparse_flags()
+  capsys.readouterr()
+  saved, sys.argv = sys.argv, argv  # config_flags reads overrides from it
+  try:
+    main.main(main.parse_flags(argv))
+    status = 0
+  except SystemExit as e:
+    status = e.code
+  finally:
+    sys.argv = saved
+    flags.FLAGS.unparse_flags()
+    for name in list(flags.FLAGS):  # the overrides are defined per parse
+      if name.startswith("config."):
+        delattr(flags.FLAGS, name)
+  return status, capsys.readouterr().err

@@ -13,7 +13,6 @@ import pytest
 
 import sal_jax as sj
 from sal_jax import datasets
-from sal_jax import loop
 
 SHARED = pathlib.Path(__file__).parents[1] / "../shared/datasets"
 
@@ -194,16 +193,14 @@ def test_wrong_shape_and_out_of_range_labels_name_the_file(tmp_path, rng):
     datasets.load("fashion_mnist", tmp_path)
 
 
-def test_epoch_batches_are_a_permutation_dropping_the_last_partial_batch():
-  images = np.arange(10, dtype=np.uint8).reshape(10, 1)
-  labels = np.arange(10, dtype=np.int32)
-  x, y = jax.jit(datasets.epoch_batches, static_argnums=3)(
-      jax.random.key(0), images, labels, 3)
-  assert x.shape == (3, 3, 1) and y.shape == (3, 3)
-  np.testing.assert_array_equal(np.asarray(x)[..., 0], y)  # pairs stay paired
-  assert len(set(np.asarray(y).ravel())) == 9
-  x2, _ = datasets.epoch_batches(jax.random.key(1), images, labels, 3)
-  assert not np.array_equal(x, x2)
+def test_epoch_indices_are_a_permutation_dropping_the_last_partial_batch():
+  idx = jax.jit(datasets.epoch_indices, static_argnums=(1, 2))(
+      jax.random.key(0), 10, 3)
+  assert idx.shape == (3, 3)
+  assert len(set(np.asarray(idx).ravel())) == 9
+  assert set(np.asarray(idx).ravel()) <= set(range(10))
+  other = datasets.epoch_indices(jax.random.key(1), 10, 3)
+  assert not np.array_equal(idx, other)
 
 
 @pytest.mark.parametrize("batch_size", [0, -8, 2.5])
@@ -213,25 +210,15 @@ def test_every_function_taking_a_batch_size_refuses_a_bad_one(batch_size):
   images, labels = np.zeros((6, 2, 2), np.uint8), np.zeros(6, np.int32)
   calls = [
       lambda: datasets.epoch_indices(jax.random.key(0), 6, batch_size),
-      lambda: next(datasets.iterate(images, labels, batch_size)),
-      lambda: sj.evaluate(circuit, weights,
-                          datasets.preprocess(images, labels), batch_size),
-      lambda: loop.evaluate_arrays(circuit, weights, images, labels,
-                                   batch_size),
+      lambda: sj.evaluate(circuit, weights, (images, labels), batch_size),
+      lambda: sj.sweep.sweep_evaluate(
+          circuit, jax.tree.map(lambda m: m[None], weights), images, labels,
+          batch_size),
   ]
   for call in calls:
     with pytest.raises(ValueError, match="batch_size must be a positive "
                        f"integer, got {batch_size}"):
       call()
-
-
-def test_iterate_keeps_the_last_partial_batch_when_asked():
-  images = np.zeros((10, 2, 2), np.uint8)
-  labels = np.zeros(10, np.int32)
-  sizes = [len(b[1]) for b in datasets.iterate(images, labels, 4,
-                                               drop_remainder=False)]
-  assert sizes == [4, 4, 2]
-  assert [len(b[1]) for b in datasets.iterate(images, labels, 4)] == [4, 4]
 
 
 def test_preprocess_scales_to_minus_one_one_and_flattens():

@@ -9,16 +9,17 @@ from tests.conftest import run_on_four_fake_devices
 SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, chex
     import sal_jax as sj
-    from sal_jax import loop, parallel
+    from sal_jax import parallel
     assert jax.device_count() == 4, jax.devices()
     rng = np.random.default_rng(0)
     mesh = parallel.data_mesh()
 
-    def three_steps(circuit, opt):
+    def three_steps(circuit, opt, compute=None):
       single = sj.init_state(jax.random.key(0), circuit, opt)
       sharded = parallel.replicate(jax.tree.map(jnp.copy, single), mesh)
-      step = sj.make_step(circuit, opt, diagnostics=True)
-      pstep = parallel.make_parallel_step(circuit, opt, mesh, diagnostics=True)
+      step = sj.make_step(circuit, opt, diagnostics=True, compute=compute)
+      pstep = sj.make_step(circuit, opt, diagnostics=True, compute=compute,
+                           mesh=mesh)
       for _ in range(3):
         x = rng.standard_normal((8, 12)).astype(np.float32)
         y = rng.integers(0, 5, 8).astype(np.int32)
@@ -32,11 +33,10 @@ SCRIPT = textwrap.dedent("""
 
     # The bfloat16 storage too: the devices sum G's partial products in
     # float32 and round the sum, as one device rounds its product.
-    circuit = sj.Circuit(widths=(12, 16, 16, 5), ratio=1.5, method="sal",
-                         update_dtype="bfloat16")
-    three_steps(circuit, sj.reference_optimizer(
-        circuit, learning_rate=0.05, momentum_dtype="bfloat16"))
     circuit = sj.Circuit(widths=(12, 16, 16, 5), ratio=1.5, method="sal")
+    stored = sj.Compute(update_dtype="bfloat16", momentum_dtype="bfloat16")
+    three_steps(circuit, sj.reference_optimizer(
+        circuit, learning_rate=0.05, compute=stored), stored)
     opt = sj.reference_optimizer(circuit, learning_rate=0.05)
     pstep, sharded, (x, y) = three_steps(circuit, opt)
     try:
@@ -45,27 +45,11 @@ SCRIPT = textwrap.dedent("""
     except ValueError as e:
       assert "does not divide evenly over 4 devices" in str(e), e
 
-    images = rng.integers(0, 256, (40, 3, 4), dtype=np.uint8)
-    labels = rng.integers(0, 5, 40).astype(np.int32)
-    single = sj.init_state(jax.random.key(1), circuit, opt)
-    sharded = parallel.replicate(jax.tree.map(jnp.copy, single), mesh)
-    epoch = jax.jit(loop.make_epoch(circuit, opt, 8))
-    pepoch = parallel.make_parallel_epoch(circuit, opt, 8, mesh)
-    key = jax.random.key(2)
-    s1, e1 = epoch(single, key, images, labels)
-    s2, e2 = pepoch(sharded, key, *parallel.replicate((images, labels), mesh))
-    chex.assert_trees_all_close((s1.weights, e1), (s2.weights, e2),
-                                rtol=1e-5, atol=1e-6)
     print("PARALLEL OK")
-""")
 
-
-MEMBERS_SCRIPT = textwrap.dedent("""
     import re
-    import chex, jax, jax.numpy as jnp, numpy as np, optax
-    import sal_jax as sj
-    from sal_jax import loop, parallel
-    assert jax.device_count() == 4, jax.devices()
+    import optax
+    from sal_jax import sweep
     assert parallel.member_mesh(8).size == 4
     assert parallel.member_mesh(6).size == 3  # the most that split 6 evenly
     assert parallel.member_mesh(5).size == 1
@@ -78,7 +62,7 @@ MEMBERS_SCRIPT = textwrap.dedent("""
     rates = jnp.linspace(1e-3, 1e-2, 8)
 
     def train(mesh=None, opt=opt):
-      states = loop.init_sweep(keys, circuit, opt, learning_rate=rates)
+      states = sweep.init_sweep(keys, circuit, opt, learning_rate=rates)
       data = (jnp.asarray(images), jnp.asarray(labels))
       member_keys = keys
       if mesh is not None:
@@ -87,11 +71,11 @@ MEMBERS_SCRIPT = textwrap.dedent("""
       for epoch in range(2):
         epoch_keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(
             member_keys)
-        states, metrics = loop.sweep_epoch(circuit, opt, 8, states,
-                                           epoch_keys, *data)
+        states, metrics = sweep.sweep_epoch(circuit, opt, 8, states,
+                                            epoch_keys, *data)
         jax.block_until_ready(metrics)
       scores = jax.block_until_ready(
-          loop.sweep_evaluate(circuit, states.weights, *data))
+          sweep.sweep_evaluate(circuit, states.weights, *data))
       return states, metrics, scores, data, epoch_keys
 
     one = train()
@@ -114,8 +98,9 @@ MEMBERS_SCRIPT = textwrap.dedent("""
     chex.assert_trees_all_close(results(train(opt=tight)),
                                 results(train(mesh, opt=tight)),
                                 rtol=1e-5, atol=1e-6)
-    program = loop._sweep_epoch.lower(circuit, opt, 8, False, 1, split[0],
-                                      split[4], *split[3]).compile().as_text()
+    program = sweep._sweep_program(circuit, opt, 8, sj.Compute(), False, 8,
+                                   False).lower(split[0], split[4], *split[3]
+                                                ).compile().as_text()
     found = re.findall(r"all-reduce|all-gather|all-to-all|collective-permute"
                        r"|reduce-scatter", program)
     assert not found, found
@@ -135,13 +120,10 @@ MEMBERS_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.timeout(300)
-def test_sharded_step_and_epoch_equal_single_device_on_four_fake_devices():
+def test_data_and_member_parallel_programs_equal_one_device():
+  """On four fake devices: a data-parallel step computes the one-device
+  update; a sweep split two members per device gives the same bits, with no
+  cross-device traffic."""
   result = run_on_four_fake_devices(SCRIPT)
   assert "PARALLEL OK" in result.stdout, result.stderr[-3000:]
-
-
-@pytest.mark.timeout(300)
-def test_sweep_split_over_member_devices_is_bitwise_one_device_and_silent():
-  """Two members per device: the same bits, and no cross-device traffic."""
-  result = run_on_four_fake_devices(MEMBERS_SCRIPT)
   assert "MEMBERS OK" in result.stdout, result.stderr[-3000:]

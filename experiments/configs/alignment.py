@@ -3,7 +3,7 @@ the learned learning rate H = V̄V̄ᵀ (its extreme eigenvalues, per level) and
 how often the global-norm clip shortens the update.
 
     python -m experiments.main --config=experiments/configs/alignment.py \
-        --config.dataset=mnist --config.data_dir=../shared/datasets \
+        --config.data.dataset=mnist --config.data.data_dir=../shared/datasets \
         --workdir=runs/alignment_mnist
 
 The theory predicts the cosine rises (about 0.8 reported) and the gap
@@ -17,11 +17,12 @@ from experiments.configs import default
 
 
 def get_config(runlocal: bool = False):
-  c = default.get_config(runlocal)
+  c = default.get_config()
   c.experiment = "alignment"
-  c.method = "sal"
-  c.seeds = 3
-  c.diagnostics = True
-  if runlocal:
-    c.seeds = 1
+  c.model.method = "sal"
+  c.run.seeds = 3
+  c.run.diagnostics = True
+  if default.is_runlocal(runlocal):
+    default.smoke(c)
+    c.run.seeds = 1
   return c

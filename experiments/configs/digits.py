@@ -11,11 +11,11 @@ from experiments.configs import default
 
 
 def get_config(runlocal: bool = False):
-  c = default.get_config(runlocal)
+  c = default.get_config()
   c.experiment = "table1"
-  c.dataset = "digits"
-  c.method = "sgd,sal"
-  c.hidden = (200, 200)
-  c.batch_size = 32
-  c.epochs = 30
-  return c
+  c.data.dataset = "digits"
+  c.model.method = "sgd,sal"
+  c.model.hidden = (200, 200)
+  c.data.batch_size = 32
+  c.run.epochs = 30
+  return default.smoke(c) if default.is_runlocal(runlocal) else c

@@ -1,11 +1,11 @@
 r"""Learned structure [paper 3.3, Fig. 3]: Gram matrices and effective ranks.
 
     python -m experiments.main --config=experiments/configs/structure.py \
-        --config.dataset=mnist --config.data_dir=../shared/datasets \
+        --config.data.dataset=mnist --config.data.data_dir=../shared/datasets \
         --workdir=runs/structure_mnist
 
-A width-60 net (the paper: SVHN, 50 epochs; use --config.dataset=svhn_cropped
---config.epochs=50 where SVHN is available). Saves each family's Gram matrix
+A width-60 net (the paper: SVHN, 50 epochs; use --config.data.dataset=svhn_cropped
+--config.run.epochs=50 where SVHN is available). Saves each family's Gram matrix
 (MᵀM) at the first hidden level before and after training, and the effective
 rank of every matrix. Runtime, 20 epochs, 1 seed: 25 s on 2 CPU cores (MNIST).
 """
@@ -14,11 +14,12 @@ from experiments.configs import default
 
 
 def get_config(runlocal: bool = False):
-  c = default.get_config(runlocal)
+  c = default.get_config()
   c.experiment = "structure"
-  c.method = "sal"
-  c.hidden = (60, 60, 60)
-  c.seeds = 1
-  if runlocal:
-    c.hidden = (12, 12)
+  c.model.method = "sal"
+  c.model.hidden = (60, 60, 60)
+  c.run.seeds = 1
+  if default.is_runlocal(runlocal):
+    default.smoke(c)
+    c.model.hidden = (12, 12)
   return c

@@ -1,7 +1,7 @@
 r"""Width sweep [paper 3.2, Fig. 2]: SAL accuracy against downstream size.
 
     python -m experiments.main --config=experiments/configs/width_sweep.py \
-        --config.dataset=mnist --config.data_dir=../shared/datasets \
+        --config.data.dataset=mnist --config.data.data_dir=../shared/datasets \
         --workdir=runs/width_sweep_mnist
 
 ``param_ratios`` are downstream/upstream parameter ratios at hidden levels;
@@ -13,10 +13,11 @@ from experiments.configs import default
 
 
 def get_config(runlocal: bool = False):
-  c = default.get_config(runlocal)
+  c = default.get_config()
   c.experiment = "width_sweep"
-  c.method = "sal"
+  c.model.method = "sal"
   c.param_ratios = (1.0, 2.0, 4.0, 5.0, 8.0, 16.0)
-  if runlocal:
+  if default.is_runlocal(runlocal):
+    default.smoke(c)
     c.param_ratios = (1.0, 4.0)
   return c

@@ -15,18 +15,14 @@ from absl import app
 from absl import flags
 import ml_collections
 
+from experiments import cells
 from experiments import files
 from experiments import plans
-from experiments import cells
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "An lr_grid run's workdir.")
-_TOP = flags.DEFINE_integer("top", 5, "How many of the best points to print.")
-flags.mark_flag_as_required("workdir")
 
 
-def main(argv):
-  del argv
-  workdir = pathlib.Path(_WORKDIR.value)
+def report(workdir: pathlib.Path, top: int = 5) -> dict:
+  """Scores the search in ``workdir``, redraws its heat-maps, writes
+  search_summary.json and prints the ``top`` points; returns the summary."""
   missing = [name for name in ("config.json", "metrics.jsonl")
              if not (workdir / name).is_file()]
   if missing:
@@ -43,7 +39,8 @@ def main(argv):
   expected = len(plans.grid_points(config)) * config.run.seeds
   epochs = {len(h) for i, h in enumerate(results["sal"]["history"])
             if i not in results["sal"]["diverged"]}
-  if len(results["sal"]["members"]) != expected or epochs != {config.run.epochs}:
+  if (len(results["sal"]["members"]) != expected
+      or epochs != {config.run.epochs}):
     raise app.UsageError(f"{workdir}: the search stage is incomplete")
   summary = plans.lr_grid_search_summary(config, results, workdir)
   files.write_json(workdir / "search_summary.json", summary)
@@ -51,7 +48,7 @@ def main(argv):
   print(f"{config.data.dataset}: {len(ranked)} SAL points x "
         f"{config.run.seeds} seeds, {config.run.epochs} epochs; validation "
         "accuracy (diverged seed = 0)")
-  for p in ranked[:_TOP.value]:
+  for p in ranked[:top]:
     print("  " + ", ".join(f"{k}={v:g}" for k, v in p.items()))
   diverging = sum(1 for p in ranked if p["diverged_seeds"])
   print(f"  points with a diverged seed: {diverging}")
@@ -59,7 +56,11 @@ def main(argv):
   for p in summary["sgd_grid"]:
     print("  " + ", ".join(f"{k}={v:g}" for k, v in p.items()))
   print("chosen:", json.dumps(summary["chosen"]))
+  return summary
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "An lr_grid run's workdir.")
+  _TOP = flags.DEFINE_integer("top", 5, "How many of the best points to print.")
+  flags.mark_flag_as_required("workdir")
+  app.run(lambda argv: report(pathlib.Path(_WORKDIR.value), _TOP.value))

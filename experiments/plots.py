@@ -9,7 +9,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 import numpy as np
+
+# One colour per method in every figure (labels as the tables write them).
+METHOD_COLORS = {"SGD": "tab:blue", "FA": "tab:orange", "WM": "tab:green",
+                 "KP": "tab:purple", "SAL": "tab:red"}
 
 
 def save(fig, path: pathlib.Path) -> None:
@@ -25,6 +30,8 @@ def _finish(fig, ax, xlabel, ylabel, title, path, legend=True) -> None:
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title)
+  if xlabel == "epoch":
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   if legend and ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
@@ -41,8 +48,9 @@ def curves(series: dict[str, np.ndarray], ylabel: str, title: str,
       continue
     epochs = np.arange(1, values.shape[1] + 1)
     mean, std = values.mean(0), values.std(0)
-    ax.plot(epochs, mean, label=label)
-    ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+    color = METHOD_COLORS.get(label)
+    ax.plot(epochs, mean, label=label, color=color)
+    ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=color)
   _finish(fig, ax, "epoch", ylabel, title, path)
 
 

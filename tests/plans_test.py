@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from experiments import run
 from experiments.configs import (ablation, alignment, digits,
@@ -97,7 +98,6 @@ def test_ablation_runs_eight_subsets_and_the_linear_model(tmp_path, mnist_dir):
 def test_lr_grid_chooses_on_validation_and_scores_fresh_seeds(
     tmp_path, mnist_dir, capsys):
   from experiments import grid_summary  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
   config = experiment_config(lr_grid, mnist_dir)
   grid = config.grid
   run.train_and_evaluate(config, tmp_path)
@@ -116,12 +116,7 @@ def test_lr_grid_chooses_on_validation_and_scores_fresh_seeds(
   assert (tmp_path / "lr_grid_heatmap_lr0.png").exists()
   # The search summary can be rebuilt from the log alone.
   (tmp_path / "lr_grid_heatmap_lr0.png").unlink()
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["grid_summary", f"--workdir={tmp_path}"])
-  try:
-    grid_summary.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
+  grid_summary.report(tmp_path)
   assert "chosen:" in capsys.readouterr().out
   rebuilt = json.loads((tmp_path / "search_summary.json").read_text())
   assert rebuilt["chosen"] == results["chosen"]
@@ -131,17 +126,11 @@ def test_lr_grid_chooses_on_validation_and_scores_fresh_seeds(
 
 def test_grid_summary_refuses_a_workdir_without_a_run_naming_what_is_missing(
     tmp_path):
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
   from experiments import grid_summary  # pylint: disable=g-import-not-at-top
-  import pytest  # pylint: disable=g-import-not-at-top
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["grid_summary", f"--workdir={tmp_path / 'nowhere'}"])
-  try:
-    with pytest.raises(app.UsageError, match="is not an lr_grid run's "
-                       "workdir: no config.json or metrics.jsonl"):
-      grid_summary.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
+  with pytest.raises(app.UsageError, match="is not an lr_grid run's "
+                     "workdir: no config.json or metrics.jsonl"):
+    grid_summary.report(tmp_path / "nowhere")
 
 
 def test_structure_reports_effective_ranks_before_and_after(tmp_path,

@@ -198,16 +198,23 @@ def _uniform(key: Array, rows: int, cols: int) -> Array:
   return jax.random.uniform(key, (rows, cols), jnp.float32, -bound, bound)
 
 
-@functools.partial(jax.jit, static_argnums=1)
 def init_weights(key: Array, circuit: Circuit) -> Weights:
   """Draws every matrix of the circuit independently, U(±1/sqrt(fan_in))."""
-  up, down = circuit.upstream_widths, circuit.downstream_widths
-  hidden = range(1, circuit.num_layers)  # the levels k where streams meet
+  return _init_weights(key, circuit.upstream_widths,
+                       circuit.downstream_widths, circuit.spec.families)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _init_weights(key: Array, up: tuple[int, ...], down: tuple[int, ...],
+                  families: tuple[str, ...]) -> Weights:
+  # Static in the shapes alone: circuits that differ only in their rules or
+  # loss share one compiled initialisation.
+  num_layers = len(up) - 1
+  hidden = range(1, num_layers)  # the levels k where streams meet
   k_w, k_wb, k_v, k_vb = jax.random.split(key, 4)
   w = tuple(_uniform(k, up[l + 1], up[l]) for l, k in enumerate(
-      jax.random.split(k_w, circuit.num_layers)))
-  families = circuit.spec.families
-  n = circuit.num_layers - 1
+      jax.random.split(k_w, num_layers)))
+  n = num_layers - 1
 
   def family(name, k_family, shape_fn):
     if name not in families:

@@ -156,20 +156,21 @@ def make_step(circuit: Circuit, optimizer: optax.GradientTransformation, *,
   return step
 
 
-def loss_and_accuracy(circuit: Circuit, weights: Weights, batch: Batch,
+def loss_and_accuracy(loss_name: str, w: tuple[Array, ...], batch: Batch,
                       batch_size: int = 2000) -> dict[str, Array]:
-  """Mean loss and accuracy over every example of ``batch``, traceable.
+  """Mean loss and accuracy of the forward weights ``w`` over every example
+  of ``batch``, traceable.
 
   Chunks of ``batch_size`` run in a ``lax.scan``, the remainder once more;
   uint8 images are preprocessed chunk by chunk.
   """
   x, y = batch
   n = x.shape[0]
+  loss = losses.LOSSES[loss_name]
 
   def sums(chunk):
     features, labels = as_features(chunk)
-    logits = circuit_lib.upstream(weights.w, features).output
-    loss = losses.LOSSES[circuit.loss]
+    logits = circuit_lib.upstream(w, features).output
     return jnp.stack([jnp.sum(loss.value(logits, labels)),
                       jnp.sum(loss.correct(logits, labels))])
 
@@ -185,9 +186,11 @@ def loss_and_accuracy(circuit: Circuit, weights: Weights, batch: Batch,
 
 
 @functools.lru_cache(maxsize=64)
-def _evaluator(circuit: Circuit, compute: Compute, batch_size: int,
+def _evaluator(loss_name: str, compute: Compute, batch_size: int,
                members: bool):
-  fn = functools.partial(loss_and_accuracy, circuit, batch_size=batch_size)
+  # Keyed by what the forward pass depends on, not the whole circuit: every
+  # method of the same widths shares one compiled evaluation.
+  fn = functools.partial(loss_and_accuracy, loss_name, batch_size=batch_size)
   return compute.jit(jax.vmap(fn, in_axes=(0, None)) if members else fn)
 
 
@@ -201,8 +204,8 @@ def evaluate(circuit: Circuit, weights: Weights, batch: Batch,
   """
   checks.check_batch(circuit, batch)
   checks.check_batch_size(batch_size)
-  return _evaluator(circuit, compute or compute_lib.DEFAULT, batch_size,
-                    False)(weights, tuple(batch))
+  return _evaluator(circuit.loss, compute or compute_lib.DEFAULT, batch_size,
+                    False)(weights.w, tuple(batch))
 
 
 def evaluate_members(circuit: Circuit, weights: Weights, batch: Batch,
@@ -212,5 +215,5 @@ def evaluate_members(circuit: Circuit, weights: Weights, batch: Batch,
   axis); returns [members] arrays."""
   checks.check_batch(circuit, batch)
   checks.check_batch_size(batch_size)
-  return _evaluator(circuit, compute or compute_lib.DEFAULT, batch_size,
-                    True)(weights, tuple(batch))
+  return _evaluator(circuit.loss, compute or compute_lib.DEFAULT, batch_size,
+                    True)(weights.w, tuple(batch))

@@ -12,9 +12,9 @@ from sal_jax import train
 from tests.conftest import random_batch
 
 
-@pytest.mark.parametrize("widths", [(6, 8, 4), (6, 8, 9, 7, 5, 4)])
-@pytest.mark.parametrize("ratio", [2.24, 0.5, 1.0])
-@pytest.mark.parametrize("batch_size", [1, 5])
+@pytest.mark.parametrize("widths, ratio, batch_size", [
+    ((6, 8, 4), 2.24, 1), ((6, 8, 4), 0.5, 5), ((6, 8, 4), 1.0, 1),
+    ((6, 8, 9, 7, 5, 4), 2.24, 5), ((6, 8, 9, 7, 5, 4), 0.5, 1)])
 def test_family_shapes_follow_the_specification(rng, widths, ratio,
                                                 batch_size):
   circuit = sj.Circuit(widths=widths, ratio=ratio, method="sal")

@@ -46,10 +46,14 @@ SCRIPT = textwrap.dedent("""
       assert "does not divide evenly over 4 devices" in str(e), e
 
     print("PARALLEL OK")
+""")
 
+MEMBERS_SCRIPT = textwrap.dedent("""
     import re
-    import optax
-    from sal_jax import sweep
+    import chex, jax, jax.numpy as jnp, numpy as np, optax
+    import sal_jax as sj
+    from sal_jax import parallel, sweep
+    assert jax.device_count() == 4, jax.devices()
     assert parallel.member_mesh(8).size == 4
     assert parallel.member_mesh(6).size == 3  # the most that split 6 evenly
     assert parallel.member_mesh(5).size == 1
@@ -120,10 +124,14 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.timeout(300)
-def test_data_and_member_parallel_programs_equal_one_device():
-  """On four fake devices: a data-parallel step computes the one-device
-  update; a sweep split two members per device gives the same bits, with no
-  cross-device traffic."""
+def test_data_parallel_step_equals_the_single_device_step():
+  """On four fake devices, float32 and bfloat16 storage alike."""
   result = run_on_four_fake_devices(SCRIPT)
   assert "PARALLEL OK" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_sweep_split_over_member_devices_is_bitwise_one_device_and_silent():
+  """Two members per device: the same bits, and no cross-device traffic."""
+  result = run_on_four_fake_devices(MEMBERS_SCRIPT)
   assert "MEMBERS OK" in result.stdout, result.stderr[-3000:]

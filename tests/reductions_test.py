@@ -1,4 +1,6 @@
-"""The circuit reduces to known algorithms (ALGORITHM.md, 'Reductions')."""
+"""The circuit reduces to known algorithms (docs/algorithm.md, "Theory")."""
+
+import functools
 
 import chex
 import jax
@@ -22,7 +24,7 @@ def _plain_sgd(circuit, lr=0.1, wd=0.0):
 
 
 @pytest.mark.parametrize("widths", SHAPES)
-@pytest.mark.parametrize("batch_size", [1, 3, 16])
+@pytest.mark.parametrize("batch_size", [1, 16])
 @pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse",
                                   "sigmoid_cross_entropy"])
 def test_sgd_circuit_update_equals_autodiff_gradient(rng, widths, batch_size,
@@ -31,9 +33,11 @@ def test_sgd_circuit_update_equals_autodiff_gradient(rng, widths, batch_size,
   weights = sj.init_weights(jax.random.key(1), circuit)
   batch = random_batch(rng, batch_size, widths[0], widths[-1],
                        multi_label=loss == "sigmoid_cross_entropy")
-  up, down = train.forward_and_feedback(circuit, weights, batch)
-  g = sj.plasticity(circuit, weights, up, down)
-  true = diagnostics.loss_gradient(circuit, weights.w, batch)
+  rule = jax.jit(lambda w, b: sj.plasticity(
+      circuit, w, *train.forward_and_feedback(circuit, w, b)))
+  g = rule(weights, batch)
+  true = jax.jit(functools.partial(diagnostics.loss_gradient, circuit))(
+      weights.w, batch)
   chex.assert_trees_all_close(g.w, true, rtol=1e-5, atol=1e-7)
 
 

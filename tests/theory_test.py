@@ -1,4 +1,7 @@
-"""The rules against the paper's theory: local energies and Lemma 1."""
+"""The rules against the paper's theory: local energies and Lemma 1
+(docs/algorithm.md, "Local energies", "Theory")."""
+
+import functools
 
 import chex
 import jax
@@ -69,10 +72,11 @@ def test_rules_are_gradients_of_the_local_energies(rng, nonlinearity,
                        nonlinearity=nonlinearity, v_bar_signal=v_bar_signal)
   weights = sj.init_weights(jax.random.key(2), circuit)
   batch = random_batch(rng, 11, 6, 4)
-  up, down = train.forward_and_feedback(circuit, weights, batch)
-  rule = sj.plasticity(circuit, weights, up, down)
-  chex.assert_trees_all_close(rule, energy_gradients(circuit, weights, batch),
-                              rtol=1e-5, atol=1e-7)
+  rule = jax.jit(lambda w, b: sj.plasticity(
+      circuit, w, *train.forward_and_feedback(circuit, w, b)))(weights, batch)
+  energies = jax.jit(functools.partial(energy_gradients, circuit))(weights,
+                                                                  batch)
+  chex.assert_trees_all_close(rule, energies, rtol=1e-5, atol=1e-7)
 
 
 def _lemma_setup(v_bar_signal, lr, wd):

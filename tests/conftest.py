@@ -16,9 +16,9 @@ if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = " ".join(filter(None, (
       os.environ.get("XLA_FLAGS"), _FAST_COMPILE)))
 
-import jax  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
-import pytest  # pylint: disable=g-import-not-at-top
+import jax  # noqa: E402  (after XLA_FLAGS)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # Catch silent broadcasting bugs (as the equinox test suite does).
 jax.config.update("jax_numpy_rank_promotion", "raise")

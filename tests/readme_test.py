@@ -16,6 +16,6 @@ def test_usage_example_runs_as_written(capsys):
 def test_ci_runs_exactly_the_readme_test_command():
   commands = re.search(r"```bash\n(.*?)```", README, re.S).group(1).splitlines()
   test_command = commands[1].strip()
-  assert test_command == "python3 -m pytest -q"
+  assert test_command == 'python3 -m pip install -e ".[test]" && python3 -m pytest -q'
   ci = (ROOT / ".ci" / "run").read_text().splitlines()
   assert ci[-1].strip() == test_command

@@ -204,6 +204,15 @@ def init_weights(key: Array, circuit: Circuit) -> Weights:
                        circuit.downstream_widths, circuit.spec.families)
 
 
+@functools.lru_cache(maxsize=64)
+def weight_shapes(circuit: Circuit) -> tuple[tuple[tuple[int, ...], ...], ...]:
+  """The shape of every matrix, family by family, as ``init_weights`` makes
+  them (not computed)."""
+  shapes = jax.eval_shape(lambda key: init_weights(key, circuit),
+                          jax.random.key(0))
+  return tuple(tuple(m.shape for m in family) for family in shapes)
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _init_weights(key: Array, up: tuple[int, ...], down: tuple[int, ...],
                   families: tuple[str, ...]) -> Weights:

@@ -157,12 +157,40 @@ def _read_mnist_like(directory: pathlib.Path):
   return arrays
 
 
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+  """Admits what a CIFAR-10 batch holds (dicts, lists, bytes, strings,
+  numbers, numpy arrays) and no other class or function: unpickling can
+  call any importable function, so a crafted file could run code."""
+
+  _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
+              ("_codecs", "encode"),  # bytes, as Python 3 pickles them
+              *((f"numpy.{core}.{module}", name)
+                for core in ("core", "_core")
+                for module, name in (("multiarray", "_reconstruct"),
+                                     ("multiarray", "scalar"),
+                                     ("numeric", "_frombuffer")))}
+
+  def find_class(self, module, name):
+    if (module, name) not in self._ALLOWED:
+      raise pickle.UnpicklingError(
+          f"refused to load {module}.{name}: a CIFAR-10 batch holds only "
+          "dicts, lists, bytes, numbers and numpy arrays")
+    return super().find_class(module, name)
+
+
 def _unpickle(path: pathlib.Path) -> dict:
   try:
     with open(path, "rb") as f:
-      return pickle.load(f, encoding="bytes")
+      batch = _ArraysOnlyUnpickler(f, encoding="bytes").load()
   except Exception as e:  # pickle raises many kinds on corrupt input
     raise ValueError(f"{path}: not a CIFAR-10 python batch ({e})") from e
+  if not isinstance(batch, dict):
+    raise ValueError(f"{path}: not a CIFAR-10 python batch (a "
+                     f"{type(batch).__name__}, not a dict)")
+  if any(getattr(v, "dtype", None) == np.dtype(object) for v in batch.values()):
+    raise ValueError(f"{path}: not a CIFAR-10 python batch (an array of "
+                     "Python objects)")
+  return batch
 
 
 def _read_cifar10(directory: pathlib.Path):

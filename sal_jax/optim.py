@@ -107,11 +107,12 @@ def _plastic_mask(plastic: Sequence[str]):
 
 # What each of ``reference``'s hyperparameters must be: a test, in words.
 _VALID = {
-    "learning_rate": (lambda v: v >= 0, "non-negative"),
-    "weight_decay": (lambda v: v >= 0, "non-negative"),
+    "learning_rate": (lambda v: (v >= 0) & (v < np.inf), "finite and non-negative"),
+    "weight_decay": (lambda v: (v >= 0) & (v < np.inf), "finite and non-negative"),
     "momentum": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
-    "clip_norm": (lambda v: v > 0, "positive (None disables the clip)"),
-    "multipliers": (lambda v: v >= 0, "non-negative"),
+    "clip_norm": (lambda v: (v > 0) & (v < np.inf),
+                  "positive and finite (None disables the clip)"),
+    "multipliers": (lambda v: (v >= 0) & (v < np.inf), "finite and non-negative"),
 }
 
 
@@ -129,6 +130,8 @@ def check_hyperparams(**values) -> None:
       value = np.asarray(value)
     except jax.errors.TracerArrayConversionError:
       continue
+    if not np.issubdtype(value.dtype, np.number):
+      raise ValueError(f"{name} must be a number, got {value.tolist()!r}")
     valid, what = _VALID[name]
     if not np.all(valid(value)):
       raise ValueError(f"{name} must be {what}, got {value.tolist()}")

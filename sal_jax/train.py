@@ -100,6 +100,19 @@ def train_step(circuit: Circuit, optimizer: optax.GradientTransformation,
   return apply_gradients(optimizer, state, grads), metrics
 
 
+def _guarded_step(circuit: Circuit, optimizer: optax.GradientTransformation,
+                  state: TrainState, batch: Batch, **kwargs):
+  """``train_step``, but the state stays as it was if float inputs or
+  targets hold a NaN or inf (uint8 images cannot)."""
+  new_state, metrics = train_step(circuit, optimizer, state, batch, **kwargs)
+  floats = [a for a in batch if jnp.issubdtype(a.dtype, jnp.floating)]
+  if not floats:
+    return new_state, metrics
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in floats]))
+  kept = jax.lax.cond(finite, lambda: new_state, lambda: state)
+  return kept, dict(metrics, inputs_finite=finite)
+
+
 def _batch_mean(per_example_B: Array) -> Array:
   """The mean, as a sum of shares (one fused reduction on a GPU)."""
   return jnp.sum(per_example_B / per_example_B.shape[0])
@@ -130,11 +143,16 @@ def make_step(circuit: Circuit, optimizer: optax.GradientTransformation, *,
   multi-device program dispatched before the previous one finished can
   deadlock XLA's collectives).
 
-  The returned function checks the batch (shape, dtype, label range) before
-  dispatch and raises ``ValueError`` naming the problem.
+  The returned function checks the state's shapes and the batch (shape,
+  dtype; for numpy arrays also finite inputs and labels in range) before
+  dispatch and raises ``ValueError`` naming the problem. Device arrays are
+  not read on the host (that would stall dispatch): a step given non-finite
+  float inputs or targets leaves the state as it was and reports
+  ``metrics["inputs_finite"] = False``, at the cost of one reduction over the
+  batch and a select over the state.
   """
   compute = compute or compute_lib.DEFAULT
-  fn = functools.partial(train_step, circuit, optimizer, compute=compute,
+  fn = functools.partial(_guarded_step, circuit, optimizer, compute=compute,
                          diagnostics=diagnostics)
   donate_argnums = (0,) if donate else ()
   if mesh is None:
@@ -147,6 +165,7 @@ def make_step(circuit: Circuit, optimizer: optax.GradientTransformation, *,
                          out_shardings=replicated)
 
   def step(state: TrainState, batch: Batch):
+    checks.check_state(circuit, state.weights)
     checks.check_batch(circuit, batch)
     if mesh is None:
       return jitted(state, batch)

@@ -82,6 +82,7 @@ def test_jit_and_eager_steps_agree(rng, method):
   with jax.disable_jit():
     eager, m_eager = train.train_step(circuit, opt, state, batch)
   jitted, m_jit = sj.make_step(circuit, opt)(state, batch)
+  assert m_jit.pop("inputs_finite")
   chex.assert_trees_all_close((eager.weights, m_eager), (jitted.weights, m_jit),
                               rtol=1e-5, atol=1e-6)
 
@@ -146,8 +147,12 @@ def test_bad_configuration_raises_value_error_naming_it(kwargs, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(learning_rate=-0.1), "learning_rate must be non-negative"),
-    (dict(weight_decay=-1e-3), "weight_decay must be non-negative"),
+    (dict(learning_rate=-0.1), "learning_rate must be finite and non-negative"),
+    (dict(learning_rate=float("inf")), "learning_rate must be finite"),
+    (dict(learning_rate="fast"), "learning_rate must be a number"),
+    (dict(weight_decay=-1e-3), "weight_decay must be finite and non-negative"),
+    (dict(clip_norm=float("nan")), "clip_norm must be positive and finite"),
+    (dict(multipliers=(1, float("nan"), 1, 1)), "multipliers must be finite"),
     (dict(momentum=1.5), "momentum"),
     (dict(multipliers=(1, 2)), "multipliers"),
 ])
@@ -171,6 +176,12 @@ def test_bad_optimizer_settings_raise_value_error(kwargs, message):
     ((np.zeros((3, 6), np.float32), np.zeros(4, np.int32)), "labels must have"),
     ((np.zeros((3, 6), np.float32), np.zeros(3, np.float32)),
      "labels must be integers"),
+    (([[0.0] * 6] * 3, [0, 1, 2]), "inputs must be a numpy or JAX array, got "
+     "list"),
+    ((np.zeros((3, 6), np.float32), [0, 1, 2]), "labels must be a numpy or "
+     "JAX array"),
+    ((np.array([[np.nan] * 6, [np.inf] * 6, [0] * 6], np.float32),
+      np.zeros(3, np.int32)), r"inputs hold 12 non-finite values \(NaN or inf\)"),
 ])
 def test_bad_batch_raises_value_error_naming_the_problem(batch, message):
   circuit = sj.Circuit(widths=(6, 8, 4))
@@ -180,6 +191,32 @@ def test_bad_batch_raises_value_error_naming_the_problem(batch, message):
     sj.make_step(circuit, opt)(state, batch)
   with pytest.raises(ValueError, match=message):
     sj.evaluate(circuit, state.weights, batch)
+
+
+def test_a_state_of_another_circuit_is_refused():
+  circuit, other = sj.Circuit(widths=(6, 8, 4)), sj.Circuit(widths=(6, 5, 4))
+  opt = sj.reference_optimizer(circuit)
+  state = sj.init_state(jax.random.key(0), other,
+                        sj.reference_optimizer(other))
+  batch = (np.zeros((3, 6), np.float32), np.zeros(3, np.int32))
+  with pytest.raises(ValueError, match="not as this circuit's"):
+    sj.make_step(circuit, opt)(state, batch)
+
+
+def test_non_finite_device_inputs_leave_the_state_as_it_was():
+  circuit = sj.Circuit(widths=(6, 8, 4))
+  opt = sj.reference_optimizer(circuit)
+  state = sj.init_state(jax.random.key(0), circuit, opt)
+  before = jax.tree.map(np.asarray, state.weights)
+  step = sj.make_step(circuit, opt)  # donates: the guard must not lose it
+  x = jax.numpy.zeros((3, 6)).at[1, 2].set(jax.numpy.nan)
+  state, metrics = step(state, (x, jax.numpy.zeros(3, jax.numpy.int32)))
+  assert not metrics["inputs_finite"] and int(state.step) == 0
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.weights)):
+    np.testing.assert_array_equal(a, b)
+  state, metrics = step(state, (jax.numpy.ones((3, 6)),
+                                jax.numpy.zeros(3, jax.numpy.int32)))
+  assert metrics["inputs_finite"] and int(state.step) == 1
 
 
 def test_multi_label_targets_must_be_multi_hot():

@@ -4,6 +4,7 @@ Each test writes a few images in the dataset's real on-disk format.
 """
 
 import gzip
+import os
 import pathlib
 import pickle
 
@@ -57,22 +58,59 @@ def test_idx_files_raw_or_gzipped_load_exactly(tmp_path, rng, name, gz):
   _assert_loaded(datasets.load(name, tmp_path), expected)
 
 
-def test_cifar10_python_batches_load_exactly(tmp_path, rng):
+_CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL, 5])
+def test_cifar10_python_batches_load_exactly(tmp_path, rng, protocol):
   folder = tmp_path / "cifar10" / "cifar-10-batches-py"  # sub-folder by name
   folder.mkdir(parents=True)
   xs, ys = [], []
-  for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+  for name in _CIFAR_BATCHES:
     x = _images(rng, 2, (32, 32, 3))
     y = list(rng.integers(0, 10, 2))
     data = x.transpose(0, 3, 1, 2).reshape(2, 3072)  # R plane, G, B
     with open(folder / name, "wb") as f:
-      pickle.dump({b"data": data, b"labels": y}, f)
+      pickle.dump({b"batch_label": b"batch", b"data": data, b"labels": y,
+                   b"filenames": [b"a.png", b"b.png"]}, f, protocol=protocol)
     xs.append(x)
     ys.append(y)
   ds = datasets.load("cifar10", tmp_path)
   _assert_loaded(ds, dict(x_train=np.concatenate(xs[:5]),
                           y_train=np.concatenate(ys[:5]),
                           x_test=xs[5], y_test=ys[5]))
+
+
+class _RunsACommand:
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_cifar10_batch_that_would_run_code_is_refused_naming_it(tmp_path):
+  folder = tmp_path / "cifar-10-batches-py"
+  folder.mkdir()
+  marker = tmp_path / "the_command_ran"
+  for name in _CIFAR_BATCHES:
+    with open(folder / name, "wb") as f:
+      pickle.dump({b"data": _RunsACommand(marker), b"labels": [0]}, f)
+  with pytest.raises(ValueError, match=f"{folder / 'data_batch_1'}: not a "
+                     "CIFAR-10 python batch \\(refused to load "
+                     "(posix|os).system"):
+    datasets.load("cifar10", tmp_path)
+  assert not marker.exists()
+
+
+def test_an_npz_holding_pickled_objects_is_refused_unread(tmp_path):
+  objects = np.empty(1, object)
+  objects[0] = _RunsACommand(tmp_path / "the_command_ran")
+  np.savez(tmp_path / "mnist.npz", x_train=objects, y_train=objects,
+           x_test=objects, y_test=objects)
+  with pytest.raises(ValueError, match="Object arrays cannot be loaded"):
+    datasets.load("mnist", tmp_path)
+  assert not (tmp_path / "the_command_ran").exists()
 
 
 def test_svhn_mat_files_load_exactly_with_ten_meaning_zero(tmp_path, rng):

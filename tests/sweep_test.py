@@ -104,10 +104,10 @@ def test_a_sweep_refuses_a_key_count_that_is_not_its_member_count(rng):
      r"learning_rate needs one value per member \(3 keys\), got shape \(2,\)"),
     (dict(weight_decay=1e-3), r"weight_decay needs one value per member"),
     (dict(learning_rate=jnp.array([0.1, -0.2, 0.3])),
-     r"learning_rate must be non-negative, got \[0.1.*-0.2"),
+     r"learning_rate must be finite and non-negative, got \[0.1.*-0.2"),
     (dict(momentum=jnp.array([0.9, 0.9, 1.0])), r"momentum must be in \[0, 1\)"),
     (dict(multipliers=jnp.array([(1.0, 0.2, 1.0, 4.0)] * 2 + [(1, 1, -1, 1)])),
-     "multipliers must be non-negative"),
+     "multipliers must be finite and non-negative"),
 ])
 def test_init_sweep_refuses_hyperparameters_not_one_valid_value_per_member(
     hyperparams, message):

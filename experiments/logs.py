@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
+
+from absl import logging
 
 import numpy as np
 import tensorboardX
@@ -19,20 +22,38 @@ TIMING_FIELDS = ("examples_per_second", "epoch_seconds")
 
 
 class Logger:
-  """Appends one JSON line per member per epoch, and mirrors the scalars."""
+  """Appends one JSON line per member per epoch, and mirrors the scalars.
 
-  def __init__(self, workdir: pathlib.Path):
+  ``kept_lines`` are the lines ``metrics.jsonl`` keeps from before (see
+  ``checkpointed_lines``): the file is rewritten to them and TensorBoard's
+  event files are rebuilt from them, so both hold exactly what the restored
+  state has seen.
+  """
+
+  def __init__(self, workdir: pathlib.Path, kept_lines: list[str] = ()):
+    files.write_text(workdir / "metrics.jsonl",
+                     "".join(line + "\n" for line in kept_lines))
     self._file = open(workdir / "metrics.jsonl", "a")
-    self._workdir = workdir
-    self._writer = None  # opened by the first record: a run refused at
-    # restore (a checkpoint of another state's shape) writes no event file
+    self._events = workdir / "tensorboard"
+    shutil.rmtree(self._events, ignore_errors=True)
+    self._writer = None  # opened by the first scalar
+    for line in kept_lines:
+      self._mirror(json.loads(line))
 
   def write(self, cell: str, member: dict, record: dict) -> None:
-    self._file.write(json.dumps(dict(cell=cell, **member, **record)) + "\n")
+    line = dict(cell=cell, **member, **record)
+    self._file.write(json.dumps(line) + "\n")
+    self._mirror(line)
+
+  def _mirror(self, line: dict) -> None:
+    """A line's numbers as TensorBoard scalars at its epoch. The member's
+    fields are those between ``cell`` and ``epoch``."""
+    keys = list(line)
+    member = {k: line[k] for k in keys[1:keys.index("epoch")]}
+    record = {k: line[k] for k in keys[keys.index("epoch"):]}
     if self._writer is None:
-      self._writer = tensorboardX.SummaryWriter(
-          str(self._workdir / "tensorboard"))
-    tag = f"{cell}/seed{member['seed']}"
+      self._writer = tensorboardX.SummaryWriter(str(self._events))
+    tag = f"{line['cell']}/seed{member['seed']}"
     extra = "".join(f"_{k}{v:g}" for k, v in member.items() if k != "seed")
     for key, value in record.items():
       if isinstance(value, (int, float)) and key != "epoch":
@@ -54,18 +75,30 @@ class Logger:
       self._writer.close()
 
 
-def keep_checkpointed_lines(path: pathlib.Path, epochs_by_cell) -> None:
-  """Drops lines past each cell's newest checkpoint before a resumed run.
+def checkpointed_lines(path: pathlib.Path, epochs_by_cell) -> list[str]:
+  """The lines of ``path`` up to each cell's checkpoint; reads only.
 
-  ``epochs_by_cell(label)`` gives that cell's checkpointed epoch or None. The
-  resumed run then appends exactly the lines an uninterrupted run would have.
+  ``epochs_by_cell(label)`` gives that cell's checkpointed epoch or None. A
+  resumed run that appends to these writes exactly the lines an
+  uninterrupted run would have. A torn last line (a run killed while
+  writing it) is dropped with a warning; a damaged line before it raises
+  ValueError naming the file and line.
   """
   if not path.exists():
-    return
+    return []
+  lines = path.read_text().splitlines()
   kept = []
-  for line in path.read_text().splitlines():
-    record = json.loads(line)
-    epoch = epochs_by_cell(record["cell"])
-    if epoch is not None and record["epoch"] <= epoch:
+  for number, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line)
+      cell, epoch = record["cell"], record["epoch"]
+    except (ValueError, KeyError, TypeError) as e:
+      if number == len(lines):
+        logging.warning("%s: dropped its torn last line (%s)", path, e)
+        break
+      raise ValueError(f"{path}, line {number}: not a metrics record ({e}); "
+                       "use a new --workdir") from e
+    checkpointed = epochs_by_cell(cell)
+    if checkpointed is not None and epoch <= checkpointed:
       kept.append(line)
-  files.write_text(path, "".join(l + "\n" for l in kept))
+  return kept

@@ -11,14 +11,17 @@ printing where they are. Progress goes to stderr: this project's INFO lines and
 every library's warnings (other libraries' INFO lines, such as orbax's
 checkpointing, show with --verbosity=0 or higher). Bad settings or missing
 data exit with status 2 and a one-line reason, before anything is written; so
-does a cell whose members do not fit in device memory, keeping what earlier
-epochs checkpointed. A run in which some member diverged writes its results
-(recording the divergence) and exits with status 3.
+do a workdir another run holds, a cell whose members do not fit in device
+memory (keeping what earlier epochs checkpointed), a full disk and a workdir
+that cannot be written. SIGINT and SIGTERM end a run with one line saying
+where it resumes (exit status 130, 143). A run in which some member diverged
+writes its results (recording the divergence) and exits with status 3.
 """
 
 import logging as std_logging
 import pathlib
 import re
+import signal
 import sys
 
 from absl import app
@@ -60,6 +63,17 @@ def _set_up_logging() -> None:
     return
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(OwnInfoOnly())
+
+
+_signal_received = []
+
+
+def _raise_interrupt(signum, frame):
+  """SIGTERM ends a run as Ctrl-C (SIGINT) does: with one line saying where
+  it resumes."""
+  del frame
+  _signal_received.append(signum)
+  raise KeyboardInterrupt
 
 
 def _fail(reason: str):
@@ -105,6 +119,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   ``--config.FIELD=None`` sets a field that may be None (a placeholder)
   to None, which ml_collections cannot parse for numbers.
   """
+  fields = [f for f in map(_config_field, argv[1:]) if f]
+  for field in fields:
+    if fields.count(field) > 1:
+      _fail(f"--config.{field} is given more than once")
+  if any(re.fullmatch(r"--?workdir=\s*", a) for a in argv[1:]):
+    _fail("--workdir is empty; name a folder for the run's files")
   nones = [_config_field(a) for a in argv[1:]
            if _config_field(a) and a.endswith("=None")]
   argv = [a for a in argv if not (_config_field(a) and a.endswith("=None"))]
@@ -133,6 +153,7 @@ def main(argv):
   _set_up_logging()
   print(f"config ({_CONFIG.value.experiment}):\n{_CONFIG.value}",
         file=sys.stderr)
+  previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
   try:
     results = run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except datasets.DatasetNotFoundError as e:
@@ -140,6 +161,15 @@ def main(argv):
           "it.")
   except (ValueError, run.DeviceMemoryError) as e:
     _fail(str(e))
+  except OSError as e:  # a full disk, a read-only workdir
+    _fail(f"could not read or write the run's files: {e}")
+  except (run.Interrupted, KeyboardInterrupt) as e:
+    print(f"error: {e or 'interrupted before training started'}",
+          file=sys.stderr)
+    sys.exit(128 + (_signal_received.pop() if _signal_received
+                    else signal.SIGINT))
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
   print(f"results in {_WORKDIR.value}/ (results.json, metrics.jsonl, "
         "figures)", file=sys.stderr)
   if results["diverged"] and results["experiment"] != "lr_grid":

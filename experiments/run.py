@@ -29,6 +29,7 @@ from experiments import data as data_lib
 from experiments import files
 from experiments import logs
 from experiments import plans
+from experiments import workdir as workdir_lib
 from sal_jax import datasets
 from sal_jax import diagnostics
 from sal_jax import optim
@@ -41,10 +42,40 @@ class DeviceMemoryError(RuntimeError):
   """A cell's members did not fit in device memory, trained together."""
 
 
-def _all_finite(weights) -> np.ndarray:
-  """Per member: are all its weights finite?"""
-  return np.asarray(jax.vmap(lambda w: jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(w)])))(weights))
+class Interrupted(RuntimeError):
+  """A run stopped by SIGINT or SIGTERM; the message says where it resumes."""
+
+
+def _all_finite(states: sj.TrainState) -> np.ndarray:
+  """Per member: are its weights and optimizer state all finite?"""
+  floats = [x for x in jax.tree.leaves((states.weights, states.opt_state))
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return np.asarray(jax.vmap(lambda *xs: jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(x)) for x in xs])))(*floats))
+
+
+def first_bad_step(losses: np.ndarray, bound: float | None) -> int | None:
+  """The first step whose loss is not finite or exceeds ``bound``."""
+  bad = ~np.isfinite(losses)
+  if bound is not None:
+    bad |= losses > bound
+  return int(np.argmax(bad)) if bad.any() else None
+
+
+def _keep_last_good(states: sj.TrainState, good_host, members: list[int]):
+  """``states`` with the rows of ``members`` taken from ``good_host`` (the
+  stored form of a checkpointed state, on the host), placed as before."""
+  stored = checkpoints.storable(states)
+  host = jax.device_get(stored)
+  rows = np.asarray(members)
+
+  def replaced(now, good, like):
+    now = np.array(now)
+    now[rows] = good[rows]
+    return jax.device_put(now, like.sharding)
+
+  stored = jax.tree.map(replaced, host, good_host, stored)
+  return stored.replace(key=jax.random.wrap_key_data(stored.key))
 
 
 def _clipped_steps(opt_state) -> np.ndarray | None:
@@ -87,11 +118,20 @@ def out_of_memory_message(config, cell: Cell, error: Exception) -> str:
 
 
 def run_cell(config, cell: Cell, data: data_lib.Data, logger: logs.Logger,
-             checkpoint_dir: pathlib.Path | None = None) -> dict[str, Any]:
+             checkpoint_dir: pathlib.Path | None = None,
+             resume: checkpoints.Resume | None = None) -> dict[str, Any]:
   """Trains every member of ``cell`` together; returns per-member histories.
 
-  With ``checkpoint_dir``, saves every ``config.checkpoint_every`` epochs and
-  at the end, and resumes from the newest checkpoint found there.
+  With ``checkpoint_dir``, resumes from its newest intact checkpoint
+  (``resume``, found by ``checkpoints.newest_intact`` if not given; damaged
+  newer ones are set aside) and saves every ``config.run.checkpoint_every``
+  epochs and at the end (none if 0).
+
+  A member diverges at the first step whose training loss is not finite or
+  exceeds ``config.run.divergence_factor`` times its first step's loss, or
+  when its state is not finite after an epoch. It is not trained further,
+  and checkpoints keep its state from the last checkpoint before (or its
+  initial state): no checkpoint holds a non-finite state.
 
   The members split over ``config.run.member_devices`` local devices
   (``parallel.member_mesh``); each computes what it would on one device (see
@@ -106,6 +146,7 @@ def run_cell(config, cell: Cell, data: data_lib.Data, logger: logs.Logger,
   epochs, batch_size = config.run.epochs, config.data.batch_size
   circuit, optimizer = cell.circuit, cell.optimizer
   compute = cells_lib.make_compute(config.compute)
+  config_json = json.loads(config.to_json())
   keys, states = cells_lib.initial_states(config, cell)
   initial = jax.tree.map(lambda t: np.asarray(t[0]), states.weights)
   n_members = len(cell.members)
@@ -119,17 +160,29 @@ def run_cell(config, cell: Cell, data: data_lib.Data, logger: logs.Logger,
                                **parallel.replicate(data.splits(), mesh))
   history = [[] for _ in range(n_members)]
   diverged: dict[int, tuple[int, int]] = {}
+  initial_loss = None
   first_epoch = 1
+  if checkpoint_dir is not None:
+    if resume is None:
+      resume = checkpoints.newest_intact(checkpoint_dir, states, config_json)
+    for epoch, why in resume.damaged:
+      moved = checkpoints.set_aside(checkpoint_dir, epoch)
+      logging.warning("%s: the checkpoint of epoch %d is damaged (%s); moved "
+                      "to %s", cell.label, epoch, why, moved)
+  if resume is not None and resume.epoch is not None:
+    states, meta, good_host = checkpoints.restore(checkpoint_dir,
+                                                  resume.epoch, states)
+    history = meta["history"]
+    diverged = {int(k): tuple(v) for k, v in meta["diverged"].items()}
+    initial_loss = np.asarray(meta["initial_loss"])
+    first_epoch = meta["epoch"] + 1
+    logging.info("%s: resumed from the checkpoint of epoch %d", cell.label,
+                 meta["epoch"])
+  else:
+    good_host = jax.device_get(checkpoints.storable(states))
   mngr = None
   if checkpoint_dir is not None and config.run.checkpoint_every > 0:
     mngr = checkpoints.manager(checkpoint_dir, config.run.keep_checkpoints)
-    if mngr.latest_step() is not None:
-      states, meta = checkpoints.restore_latest(mngr, states)
-      history = meta["history"]
-      diverged = {int(k): tuple(v) for k, v in meta["diverged"].items()}
-      first_epoch = meta["epoch"] + 1
-      logging.info("%s: resumed from the checkpoint of epoch %d", cell.label,
-                   meta["epoch"])
   steps = data.train[0].shape[0] // batch_size
   clipped = _clipped_steps(states.opt_state)  # read now: states get donated
   for epoch in range(first_epoch, epochs + 1):
@@ -143,26 +196,30 @@ def run_cell(config, cell: Cell, data: data_lib.Data, logger: logs.Logger,
         compute=compute, diagnostics=config.run.diagnostics)
     losses = np.asarray(metrics["loss"])  # blocks: the epoch is done
     seconds = time.perf_counter() - start
+    if initial_loss is None:
+      initial_loss = losses[:, 0]
     # Each evaluation is read before the next is dispatched: on CPU, a
     # multi-device program dispatched before the last one finished can hang.
     evals = {name: jax.tree.map(np.asarray, sj.sweep.sweep_evaluate(
         circuit, states.weights, *split, compute=compute))
              for name, split in data.splits().items()}
-    weights_finite = _all_finite(states.weights)
+    state_finite = _all_finite(states)
     learned_lr = (_learned_learning_rates(compute, states.weights)
                   if config.run.diagnostics and states.weights.v_bar else None)
     clipped = _clipped_steps(states.opt_state)
-    newly_diverged = []
+    factor = config.run.divergence_factor
     for i, member in enumerate(cell.members):
       if i in diverged:
         continue
-      bad = ~np.isfinite(losses[i])
-      if bad.any() or not weights_finite[i]:
-        step = int(np.argmax(bad)) if bad.any() else steps - 1
+      step = first_bad_step(losses[i], None if factor is None
+                            else factor * initial_loss[i])
+      if step is None and not state_finite[i]:
+        step = steps - 1
+      if step is not None:
         diverged[i] = (epoch, step)
-        newly_diverged.append(i)
-        logging.warning("%s diverged at epoch %d, step %d",
-                        cells_lib.describe(config, cell, member), epoch, step)
+        logging.warning("%s diverged at epoch %d, step %d (loss %.4g)",
+                        cells_lib.describe(config, cell, member), epoch, step,
+                        losses[i][step])
         record = dict(epoch=epoch, diverged=True, diverged_step=step)
       else:
         record = dict(
@@ -203,8 +260,12 @@ def run_cell(config, cell: Cell, data: data_lib.Data, logger: logs.Logger,
       break  # nothing left to train; the last good checkpoint stays as it is
     if mngr is not None and (epoch % config.run.checkpoint_every == 0
                              or epoch == epochs):
-      checkpoints.save(mngr, epoch, states, dict(
-          history=history, diverged={str(k): v for k, v in diverged.items()}))
+      kept = states
+      if diverged:
+        kept = _keep_last_good(states, good_host, sorted(diverged))
+      good_host = checkpoints.save(mngr, epoch, kept, dict(
+          history=history, diverged={str(k): v for k, v in diverged.items()},
+          initial_loss=np.asarray(initial_loss).tolist()), config_json)
   return dict(members=cell.members, history=history, diverged=diverged,
               initial=initial,
               final=jax.tree.map(lambda t: np.asarray(t[0]), states.weights),
@@ -231,13 +292,15 @@ def validate_config(config) -> None:
     raise ValueError(f"data.validation_size must be non-negative, got "
                      f"{config.data.validation_size}")
   opt = config.optimizer
+  if len(opt.multipliers) != 4 or not all(
+      isinstance(m, (int, float)) and not isinstance(m, bool)
+      for m in opt.multipliers):
+    raise ValueError(f"optimizer.multipliers must be four numbers (W, W̄, V, "
+                     f"V̄), got {tuple(opt.multipliers)}")
   optim.check_hyperparams(
       learning_rate=opt.learning_rate, weight_decay=opt.weight_decay,
       momentum=opt.momentum, multipliers=tuple(opt.multipliers),
       **({} if opt.clip_norm is None else {"clip_norm": opt.clip_norm}))
-  if len(opt.multipliers) != 4:
-    raise ValueError(f"optimizer.multipliers must be four numbers (W, W̄, V, "
-                     f"V̄), got {tuple(opt.multipliers)}")
   if not 0 <= config.run.member_devices <= jax.local_device_count():
     raise ValueError(
         f"run.member_devices must be between 0 (all that split the members "
@@ -250,92 +313,96 @@ def validate_config(config) -> None:
     raise ValueError(f"run.keep_checkpoints must be at least 1 "
                      f"(checkpoint_every=0 writes none), got "
                      f"{config.run.keep_checkpoints}")
-  if any(h <= 0 for h in config.model.hidden):
-    raise ValueError(f"model.hidden widths must be positive, got "
-                     f"{config.model.hidden}")
+  hidden = tuple(config.model.hidden)
+  if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0
+             for h in hidden):
+    raise ValueError(f"model.hidden widths must be positive integers, got "
+                     f"{hidden}")
+  if not 0 < config.model.ratio < math.inf:
+    raise ValueError(f"model.ratio must be positive and finite, got "
+                     f"{config.model.ratio}")
+  factor = config.run.divergence_factor
+  if factor is not None and not 1 < factor < math.inf:
+    raise ValueError(f"run.divergence_factor must be finite and above 1 "
+                     f"(None: only non-finite losses diverge), got {factor}")
   cells_lib.make_compute(config.compute)  # raises naming a bad setting
 
 
-# Settings that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("run.epochs", "run.checkpoint_every",
-                     "run.keep_checkpoints", "data.data_dir",
-                     "run.member_devices")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-  """A nested config as JSON, flattened to dotted names."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def check_workdir(config, workdir: pathlib.Path) -> None:
-  """Refuses a workdir that cannot be one, or that holds a run of a different
-  configuration."""
-  existing = next(p for p in (workdir, *workdir.parents) if p.exists())
-  if not existing.is_dir():
-    raise ValueError(f"workdir {workdir}: {existing} exists and is not a "
-                     "directory")
-  previous = workdir / "config.json"
-  if not previous.exists():
-    return
-  try:
-    old = json.loads(previous.read_text())
-  except (OSError, ValueError) as e:
-    raise ValueError(f"workdir {workdir}: its config.json is not readable "
-                     f"JSON ({e}); use a new --workdir") from e
-  old, new = _flat(old), _flat(json.loads(config.to_json()))
-  changed = sorted(k for k in set(old) | set(new)
-                   if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
-  if changed:
-    raise ValueError(
-        f"workdir {workdir} holds a run of a different configuration "
-        f"(differs in {', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed)}); "
-        "use a new --workdir")
+def _interrupted(config, cell: Cell, workdir: pathlib.Path) -> Interrupted:
+  epoch = checkpoints.latest_epoch(
+      checkpoints.cell_directory(workdir, cell.label))
+  if config.run.checkpoint_every == 0 and epoch is None:
+    where = "it wrote no checkpoints (run.checkpoint_every=0): a rerun starts afresh"
+  elif epoch is None:
+    where = f"{cell.label} had no checkpoint yet: a rerun starts it afresh"
+  else:
+    where = (f"rerun the same command to resume {cell.label} from its "
+             f"checkpoint of epoch {epoch}")
+  return Interrupted(f"interrupted while training {cell.label}; {where}")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str | pathlib.Path) -> dict[str, Any]:
   """Runs ``config.experiment`` and writes its files into ``workdir``.
 
-  Every setting, the dataset, every cell and the workdir are checked before
-  the first file is written, so a bad config leaves the workdir untouched. A
-  workdir that holds checkpoints of the same configuration is resumed.
+  Holds the workdir's lock (``workdir.locked``) throughout. Every setting,
+  the dataset, every cell, the workdir's recorded configuration, its
+  checkpoints and its metrics are checked before the first file is written,
+  so a refused run leaves the workdir as it was. A workdir that holds
+  checkpoints of the same configuration is resumed from each cell's newest
+  intact one, and its metrics.jsonl and TensorBoard files cut back to them.
 
   Returns:
     What ``results.json`` holds.
   """
+  if not str(workdir).strip():
+    raise ValueError("workdir is empty; name a folder for the run's files")
   validate_config(config)
   workdir = pathlib.Path(workdir)
-  check_workdir(config, workdir)
+  config_json = json.loads(config.to_json())
+  workdir_lib.check(config_json, workdir)  # before the lock makes the folder
+  with workdir_lib.locked(workdir):
+    workdir_lib.check(config_json, workdir)  # again: now no run can change it
+    return _train_and_evaluate_locked(config, config_json, workdir)
+
+
+def _train_and_evaluate_locked(config, config_json: dict,
+                               workdir: pathlib.Path) -> dict[str, Any]:
   data = data_lib.load(config.data)
   build_cells, report = plans.PLANS[config.experiment]
   cells = build_cells(config, data)
+  resumes = {}
   for cell in cells:
-    checkpoints.check_resumable(
+    resume = checkpoints.newest_intact(
         checkpoints.cell_directory(workdir, cell.label),
-        state_shapes(config, cell))
-  workdir.mkdir(parents=True, exist_ok=True)
-  files.write_json(workdir / "config.json", json.loads(config.to_json()))
-  logs.keep_checkpointed_lines(
-      workdir / "metrics.jsonl",
-      lambda label: checkpoints.latest_epoch(
-          checkpoints.cell_directory(workdir, label)))
+        state_shapes(config, cell), config_json)
+    if resume.epoch is not None and resume.epoch > config.run.epochs:
+      raise ValueError(
+          f"workdir {workdir}: {cell.label} is checkpointed at epoch "
+          f"{resume.epoch}, past run.epochs={config.run.epochs}; ask for at "
+          "least as many epochs, or use a new --workdir")
+    resumes[cell.label] = resume
+  # A second stage's cells (lr_grid's) are built after the first trains:
+  # their lines are kept up to their newest checkpoint, verified when they run.
+  kept_lines = logs.checkpointed_lines(
+      workdir / "metrics.jsonl", lambda label: (
+          resumes[label].epoch if label in resumes else
+          checkpoints.latest_epoch(checkpoints.cell_directory(workdir, label))))
+  files.write_json(workdir / "config.json", config_json)
   diverged = []
-  logger = logs.Logger(workdir)
+  logger = logs.Logger(workdir, kept_lines)
 
   def run(cell: Cell, cell_data: data_lib.Data = data):
     try:
       result = run_cell(config, cell, cell_data, logger,
-                        checkpoints.cell_directory(workdir, cell.label))
+                        checkpoints.cell_directory(workdir, cell.label),
+                        resumes.get(cell.label))
     except jax.errors.JaxRuntimeError as e:
       if "RESOURCE_EXHAUSTED" not in str(e):
         raise
       raise DeviceMemoryError(out_of_memory_message(config, cell, e)) from e
+    except KeyboardInterrupt:
+      raise _interrupted(config, cell, workdir) from None
     diverged.extend(f"{cells_lib.describe(config, cell, cell.members[i])} at "
                     f"epoch {e}, step {s}" for i, (e, s) in
                     result["diverged"].items())

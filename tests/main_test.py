@@ -1,6 +1,7 @@
 """The command line: one line and exit 2 for bad input, exit 3 for
 divergence, progress on stderr, a SIGKILL resumed bitwise."""
 
+import errno
 import os
 import pathlib
 import signal
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 
 from experiments import checkpoints
+from experiments import files
+from experiments import run
 
 from tests.conftest import run_cli
 from tests.conftest import write_mnist_npz
@@ -40,12 +43,27 @@ def data_dir(tmp_path_factory):
     ("--config.compute.momentum_dtype=half", "unknown momentum_dtype 'half'"),
     ("--config.compute.xla_options=split_k", "'split_k': expected NAME=VALUE"),
     ("--config.optimizer.learning_rate=-0.1",
-     "learning_rate must be non-negative"),
-    ("--config.optimizer.weight_decay=-1", "weight_decay must be non-negative"),
+     "learning_rate must be finite and non-negative"),
+    ("--config.optimizer.weight_decay=-1",
+     "weight_decay must be finite and non-negative"),
     ("--config.optimizer.clip_norm=0", "clip_norm must be positive"),
     ("--config.model.nonlinearity=gelu", "unknown nonlinearity 'gelu'"),
     ("--config.model.ratio=0", "ratio must be positive"),
     ("--config.model.hidden=(16,0)", "hidden widths must be positive"),
+    # Values that are numbers but not usable ones (issue: values that got
+    # through the checks).
+    ("--config.model.ratio=inf", "ratio must be positive and finite"),
+    ("--config.optimizer.learning_rate=inf",
+     "learning_rate must be finite and non-negative, got inf"),
+    ("--config.optimizer.multipliers=(1.0,nan,1.0,1.0)",
+     "multipliers must be four numbers (W, W̄, V, V̄), got ('(1.0,nan"),
+    ("--config.optimizer.clip_norm=nan", "clip_norm must be positive and "
+     "finite"),
+    ("--config.model.hidden=(32.5,32)",
+     "hidden widths must be positive integers, got (32.5, 32)"),
+    ("--config.run.divergence_factor=0.5", "divergence_factor must be finite "
+     "and above 1"),
+    ("--workdir=", "--workdir is empty"),
     ("--config.run.checkpoint_every=-1",
      "checkpoint_every must be non-negative"),
     ("--config.run.keep_checkpoints=0", "keep_checkpoints must be at least 1"),
@@ -57,14 +75,68 @@ def data_dir(tmp_path_factory):
      "literal"),
 ])
 def test_bad_setting_exits_2_with_one_line_and_writes_nothing(
-    tmp_path, data_dir, capsys, override, message):
+    tmp_path, data_dir, capsys, override, message, monkeypatch):
+  monkeypatch.chdir(tmp_path)
   workdir = tmp_path / "run"
   status, stderr = run_cli(capsys, TABLE1, f"--workdir={workdir}",
                            f"--config.data.data_dir={data_dir}", override)
   assert status == 2, stderr[-2000:]
   error_lines = [l for l in stderr.splitlines() if l.startswith("error:")]
   assert len(error_lines) == 1 and message in error_lines[0], stderr[-2000:]
-  assert not workdir.exists()
+  assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_field_given_twice_is_refused_not_concatenated(tmp_path, data_dir,
+                                                         capsys):
+  status, stderr = run_cli(capsys, TABLE1, f"--workdir={tmp_path / 'run'}",
+                           f"--config.data.data_dir={data_dir}",
+                           "--config.model.hidden=(16,16)",
+                           "--config.model.hidden=(8,8)")
+  assert status == 2 and stderr.strip().splitlines()[-1] == (
+      "error: --config.model.hidden is given more than once")
+  assert not (tmp_path / "run").exists()
+
+
+def test_sigint_and_sigterm_end_a_run_with_one_line_naming_where_it_resumes(
+    tmp_path, data_dir, capsys, monkeypatch):
+  real_run_cell = run.run_cell
+  for signum in (signal.SIGINT, signal.SIGTERM):
+
+    def interrupted_after_epoch_1(config, *args, signum=signum, **kwargs):
+      config = config.copy_and_resolve_references()
+      config.run.epochs = 1  # trains and checkpoints epoch 1 of 2
+      real_run_cell(config, *args, **kwargs)
+      os.kill(os.getpid(), signum)
+      time.sleep(10)  # the signal's handler raises in here
+
+    monkeypatch.setattr(run, "run_cell", interrupted_after_epoch_1)
+    status, stderr = run_cli(
+        capsys, TABLE1, f"--config.data.data_dir={data_dir}",
+        "--config.model.method=sal", f"--workdir={tmp_path / signum.name}")
+    assert status == 128 + signum, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "error: interrupted while training sal; rerun the same command to "
+        "resume sal from its checkpoint of epoch 1"), stderr[-2000:]
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    PermissionError(errno.EACCES, "Permission denied"),
+    OSError(errno.EROFS, "Read-only file system"),
+])
+def test_a_full_disk_or_unwritable_workdir_exits_2_with_one_line(
+    tmp_path, data_dir, capsys, monkeypatch, error):
+  def fail(*args, **kwargs):
+    raise error
+  monkeypatch.setattr(files, "write_text", fail)
+  status, stderr = run_cli(capsys, TABLE1, f"--workdir={tmp_path / 'run'}",
+                           f"--config.data.data_dir={data_dir}",
+                           "--config.model.method=sgd")
+  assert status == 2 and "Traceback" not in stderr
+  assert stderr.strip().splitlines()[-1] == (
+      f"error: could not read or write the run's files: {error}")
 
 
 def test_missing_dataset_exits_2_naming_the_data_dir_flag(tmp_path, capsys):

@@ -119,27 +119,33 @@ def test_divergence_is_recorded_naming_epoch_step_method_and_rates(
       checkpoints.cell_directory(tmp_path, "sal")) is None
 
 
-def test_divergence_leaves_the_last_good_checkpoint_intact(tmp_path,
-                                                           data_dir):
-  config = _config(data_dir, run__seeds=1)
+def test_checkpoints_keep_a_diverged_members_last_good_state(tmp_path,
+                                                             data_dir):
+  config = _config(data_dir, run__seeds=2)
+  config_json = json.loads(config.to_json())
   data = data_lib.load(config.data)
   cell = _cell(config, data)
-  good = tmp_path / "good"
   logger = logs.Logger(tmp_path)
-  run.run_cell(config, cell, data, logger, good)
-  # A copy of epoch 2 whose weights will overflow at the next step.
-  bad = tmp_path / "bad"
+  run.run_cell(config, cell, data, logger, tmp_path / "good")
+  # A copy of epoch 2 in which member 0's weights overflow at the next step.
   _, like = cells.initial_states(config, cell)
-  states, meta = checkpoints.restore_latest(checkpoints.manager(good, 2), like)
-  states = states.replace(weights=jax.tree.map(lambda w: w * 1e30,
-                                               states.weights))
-  checkpoints.save(checkpoints.manager(bad, 2), 2, states,
-                   dict(history=meta["history"], diverged={}))
+  states, meta, _ = checkpoints.restore(tmp_path / "good", 2, like)
+  states = states.replace(weights=jax.tree.map(
+      lambda w: w.at[0].multiply(1e30), states.weights))
+  bad = tmp_path / "bad"
+  stored_2 = checkpoints.save(checkpoints.manager(bad, 2), 2, states, meta,
+                              config_json)
   config.run.epochs = 4
   result = run.run_cell(config, cell, data, logger, bad)
   logger.close()
   assert result["diverged"] == {0: (3, 0)}
-  assert checkpoints.latest_epoch(bad) == 2
+  assert checkpoints.latest_epoch(bad) == 4  # member 1 trained on
+  _, _, stored_4 = checkpoints.restore(bad, 4, like)
+  for at_2, at_4 in zip(jax.tree.leaves(stored_2), jax.tree.leaves(stored_4)):
+    assert np.all(np.isfinite(at_4))
+    np.testing.assert_array_equal(at_2[0], at_4[0])  # member 0 as it was
+  assert not np.array_equal(stored_2.weights.w[0][1],
+                            stored_4.weights.w[0][1])
 
 
 def test_a_diverging_member_is_marked_and_the_others_carry_on(tmp_path,
@@ -197,7 +203,7 @@ def test_checkpoint_of_another_state_shape_is_refused_and_nothing_changes(
       sj.reference_optimizer(circuit, clip_norm=None))
   checkpoints.save(
       checkpoints.manager(checkpoints.cell_directory(tmp_path, "sal"), 2), 2,
-      other, dict(history=[[]], diverged={}))
+      other, dict(history=[[]], diverged={}), json.loads(config.to_json()))
   snapshot = lambda: {p: p.read_bytes() for p in tmp_path.rglob("*")
                       if p.is_file()}
   before = snapshot()

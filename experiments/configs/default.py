@@ -69,6 +69,9 @@ def get_config(runlocal: bool | str = False) -> ml_collections.ConfigDict:
   c.run.keep_checkpoints = 2      # newest checkpoints kept per cell
   c.run.member_devices = 0        # devices a cell's members split over; 0:
                                   # the most that split them evenly
+  c.run.divergence_factor = config_dict.FieldReference(100.0, field_type=float)
+  # (a member diverges at a loss above this times its first step's, or a
+  # non-finite one; None: non-finite only)
   c.run.smoke = False             # set by :runlocal; labels its results
 
   c.compute = ml_collections.ConfigDict()  # speed; see sal_jax.compute

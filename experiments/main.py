@@ -164,8 +164,9 @@ def main(argv):
   except OSError as e:  # a full disk, a read-only workdir
     _fail(f"could not read or write the run's files: {e}")
   except (run.Interrupted, KeyboardInterrupt) as e:
-    print(f"error: {e or 'interrupted before training started'}",
-          file=sys.stderr)
+    reason = str(e) or ("interrupted; rerun the same command to resume from "
+                        "the newest checkpoints")
+    print(f"error: {reason}", file=sys.stderr)
     sys.exit(128 + (_signal_received.pop() if _signal_received
                     else signal.SIGINT))
   finally:

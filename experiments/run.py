@@ -1,9 +1,10 @@
 """Runs an experiment's cells as vmapped sweeps and writes what they measured.
 
-``train_and_evaluate(config, workdir)`` checks everything, builds the
-experiment's cells (``plans``), trains each with ``run_cell`` epoch by epoch
-(each epoch one compiled program, checkpointed and resumable), appends a line
-per member per epoch to ``metrics.jsonl`` and writes ``results.json``.
+``train_and_evaluate(config, workdir)`` takes the workdir's lock, checks
+everything, builds the experiment's cells (``plans``), trains each with
+``run_cell`` epoch by epoch (each epoch one compiled program, checkpointed and
+resumable), appends a line per member per epoch to ``metrics.jsonl`` and
+writes ``results.json``. README's "What a run guarantees" lists what holds.
 """
 
 from __future__ import annotations
@@ -332,7 +333,8 @@ def _interrupted(config, cell: Cell, workdir: pathlib.Path) -> Interrupted:
   epoch = checkpoints.latest_epoch(
       checkpoints.cell_directory(workdir, cell.label))
   if config.run.checkpoint_every == 0 and epoch is None:
-    where = "it wrote no checkpoints (run.checkpoint_every=0): a rerun starts afresh"
+    where = ("it writes no checkpoints (run.checkpoint_every=0): a rerun "
+             "starts afresh")
   elif epoch is None:
     where = f"{cell.label} had no checkpoint yet: a rerun starts it afresh"
   else:

@@ -110,8 +110,8 @@ _VALID = {
     "learning_rate": (lambda v: (v >= 0) & (v < np.inf), "finite and non-negative"),
     "weight_decay": (lambda v: (v >= 0) & (v < np.inf), "finite and non-negative"),
     "momentum": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
-    "clip_norm": (lambda v: (v > 0) & (v < np.inf),
-                  "positive and finite (None disables the clip)"),
+    "clip_norm": (lambda v: v > 0,
+                  "positive (None or inf: no clip)"),
     "multipliers": (lambda v: (v >= 0) & (v < np.inf), "finite and non-negative"),
 }
 

@@ -57,8 +57,8 @@ def data_dir(tmp_path_factory):
      "learning_rate must be finite and non-negative, got inf"),
     ("--config.optimizer.multipliers=(1.0,nan,1.0,1.0)",
      "multipliers must be four numbers (W, W̄, V, V̄), got ('(1.0,nan"),
-    ("--config.optimizer.clip_norm=nan", "clip_norm must be positive and "
-     "finite"),
+    ("--config.optimizer.clip_norm=nan", "clip_norm must be positive (None "
+     "or inf: no clip), got nan"),
     ("--config.model.hidden=(32.5,32)",
      "hidden widths must be positive integers, got (32.5, 32)"),
     ("--config.run.divergence_factor=0.5", "divergence_factor must be finite "

@@ -5,7 +5,8 @@ The model is a ``Circuit``; ``make_step`` trains it one batch at a time and
 programs are computed (batched products, storage dtypes, precision, XLA
 options) is a ``Compute``. The submodules are reachable as attributes:
 ``sal_jax.datasets``, ``sal_jax.sweep``, ``sal_jax.parallel``,
-``sal_jax.diagnostics``, ``sal_jax.rules``, ``sal_jax.optim``.
+``sal_jax.diagnostics``, ``sal_jax.rules``, ``sal_jax.optim``, and
+``sal_jax.meta`` (rule parameters as data, differentiable unrolled training).
 """
 
 from sal_jax import checks
@@ -14,6 +15,7 @@ from sal_jax import compute
 from sal_jax import datasets
 from sal_jax import diagnostics
 from sal_jax import losses
+from sal_jax import meta
 from sal_jax import methods
 from sal_jax import modulation
 from sal_jax import optim
@@ -40,7 +42,7 @@ from sal_jax.train import TrainState
 
 __all__ = [
     "checks", "circuit", "compute", "datasets", "diagnostics", "losses",
-    "methods", "modulation", "optim", "parallel", "rules", "sweep", "train",
+    "meta", "methods", "modulation", "optim", "parallel", "rules", "sweep", "train",
     "Circuit", "Compute", "downstream", "effective_rank", "evaluate",
     "init_state", "init_weights", "LOSSES", "make_step", "METHODS",
     "plasticity", "reference_optimizer", "train_step", "TrainState",

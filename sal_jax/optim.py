@@ -52,7 +52,8 @@ class ClipState(NamedTuple):
   clipped_steps: jax.Array
 
 
-def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
+def clip_by_global_norm(max_norm,
+                        smooth: bool = False) -> optax.GradientTransformation:
   """``optax.clip_by_global_norm``, the norm taken in one reduction.
 
   The updates are raveled into one vector and summed in float32 (or wider)
@@ -60,6 +61,14 @@ def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
   order. Whether the clip binds is part of a rule's dynamics, so the state
   counts the updates it shortened (``ClipState``; read it with
   ``clip_statistics``).
+
+  ``smooth=True`` scales every update by 1 / sqrt(1 + (n / max_norm)²)
+  instead of min(1, max_norm / n) (n: the global norm): the same limits far
+  below and far above the bound, but differentiable in n and max_norm, so an
+  objective unrolled through many clipped steps is smooth in the
+  hyperparameters (a hard clip makes it piecewise). It shortens every
+  update, by 1 / sqrt(2) at n = max_norm; ``clipped_steps`` then counts the
+  updates with n > max_norm.
   """
 
   def init_fn(params):
@@ -74,9 +83,14 @@ def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
         for g in jax.tree.leaves(updates)])
     norm = jnp.sqrt(jnp.sum(flat * flat))
     keep = norm < max_norm
-    clipped = jax.tree.map(
-        lambda g: jax.lax.select(keep, g, (g / norm.astype(g.dtype)) * max_norm),
-        updates)
+    if smooth:
+      scale = jax.lax.rsqrt(1 + jnp.square(norm / max_norm))
+      clipped = jax.tree.map(lambda g: g * scale.astype(g.dtype), updates)
+    else:
+      clipped = jax.tree.map(
+          lambda g: jax.lax.select(keep, g,
+                                   (g / norm.astype(g.dtype)) * max_norm),
+          updates)
     return clipped, ClipState(
         update_norm=norm.astype(jnp.float32),
         clipped_steps=state.clipped_steps + (~keep).astype(jnp.int32))
@@ -144,10 +158,13 @@ def reference(circuit: circuit_lib.Circuit,
               clip_norm: float | None = 50.0,
               multipliers: Sequence[float] = REFERENCE_MULTIPLIERS,
               compute: compute_lib.Compute | None = None,
+              smooth_clip: bool = False,
               ) -> optax.GradientTransformation:
   """The reference chain: multipliers, clip, decay, SGD with momentum.
 
-  docs/algorithm.md, "Reference training setup".
+  docs/algorithm.md, "Reference training setup". Every number may be a
+  traced value (under ``jit``, ``grad``, ``vmap``); only concrete ones are
+  range-checked.
 
   Args:
     circuit: decides which families get weight decay (the plastic ones).
@@ -158,6 +175,8 @@ def reference(circuit: circuit_lib.Circuit,
     clip_norm: global-norm bound of the scaled updates; None disables it.
     multipliers: per-family multipliers (W, W̄, V, V̄).
     compute: its ``momentum_dtype`` is the dtype the momentum is stored in.
+    smooth_clip: clip smoothly (``clip_by_global_norm(smooth=True)``), for
+      objectives differentiated through training.
 
   Returns:
     An ``optax.inject_hyperparams`` transformation whose state carries, as
@@ -172,7 +191,7 @@ def reference(circuit: circuit_lib.Circuit,
                     weight_decay=weight_decay, multipliers=multipliers,
                     **({} if clip_norm is None else {"clip_norm": clip_norm}))
   args = (circuit, learning_rate, momentum, weight_decay, clip_norm,
-          multipliers, compute or compute_lib.DEFAULT)
+          multipliers, compute or compute_lib.DEFAULT, smooth_clip)
   try:
     return _cached_reference(*args)
   except TypeError:  # an unhashable (traced) value
@@ -187,14 +206,14 @@ def _cached_reference(*args):
 
 
 def _reference(circuit, learning_rate, momentum, weight_decay, clip_norm,
-               multipliers, compute):
+               multipliers, compute, smooth_clip):
   momentum_dtype = compute.momentum_dtype
   mask = _plastic_mask(circuit.plastic_families)
 
   def chain(learning_rate, momentum, weight_decay, multipliers,
             clip_norm=None):
     plastic_chain = optax.chain(
-        (clip_by_global_norm(clip_norm) if clip_norm is not None
+        (clip_by_global_norm(clip_norm, smooth_clip) if clip_norm is not None
          else optax.identity()),
         optax.add_decayed_weights(weight_decay),
         optax.sgd(learning_rate, momentum=momentum,
@@ -204,10 +223,14 @@ def _reference(circuit, learning_rate, momentum, weight_decay, clip_norm,
                        optax.masked(plastic_chain, mask))
 
   # A NumPy array: each init makes its own device copy, so no state shares
-  # (and, once donated, deletes) an array the optimizer keeps.
+  # (and, once donated, deletes) an array the optimizer keeps. Traced
+  # multipliers stay traced.
+  try:
+    multipliers = np.asarray(multipliers, np.float32)
+  except jax.errors.TracerArrayConversionError:
+    multipliers = jnp.stack([jnp.asarray(m, jnp.float32) for m in multipliers])
   kwargs = dict(learning_rate=learning_rate, momentum=momentum,
-                weight_decay=weight_decay,
-                multipliers=np.asarray(multipliers, np.float32))
+                weight_decay=weight_decay, multipliers=multipliers)
   if clip_norm is not None:
     kwargs["clip_norm"] = clip_norm
   return optax.inject_hyperparams(chain)(**kwargs)

@@ -1,7 +1,8 @@
 """Rule parameters as data, and training unrolled so it can be differentiated.
 
 ``MetaParams`` holds the numbers of the reference chain (learning rate and the
-four family multipliers on a log scale, weight decay, momentum, clip norm) as
+four family multipliers on a log scale, weight decay, momentum, clip norm)
+and, optionally, a point of the rule family (``rules.RuleCoefficients``) as
 arrays: a training program takes them as a traced argument, so one compiled
 program serves every value, under ``jit``, ``grad`` and ``vmap``.
 
@@ -33,6 +34,7 @@ import optax
 from sal_jax import circuit as circuit_lib
 from sal_jax import compute as compute_lib
 from sal_jax import optim
+from sal_jax import rules
 from sal_jax import train
 
 Array = jax.Array
@@ -47,6 +49,7 @@ class MetaParams:
   weight_decay: Array       # []
   momentum: Array           # []
   clip_norm: Array          # []; ignored by an optimizer without a clip
+  coefficients: rules.RuleCoefficients | None = None  # None: the paper's rules
 
   def hyperparams(self) -> dict[str, Array]:
     """The values ``optim.with_hyperparams`` sets in the optimizer state."""
@@ -59,8 +62,12 @@ class MetaParams:
 def meta_params(learning_rate: float = 5e-3,
                 multipliers=optim.REFERENCE_MULTIPLIERS,
                 weight_decay: float = 1e-3, momentum: float = 0.9,
-                clip_norm: float = 50.0) -> MetaParams:
-  """``MetaParams`` for these values (the reference setup's by default)."""
+                clip_norm: float = 50.0,
+                coefficients: rules.RuleCoefficients | None = None,
+                ) -> MetaParams:
+  """``MetaParams`` for these values (the reference setup's by default);
+  ``coefficients`` makes the rules a point of the family to learn
+  (``rules.paper_coefficients()`` starts at the paper's)."""
   optim.check_hyperparams(learning_rate=learning_rate, weight_decay=weight_decay,
                           momentum=momentum, clip_norm=clip_norm,
                           multipliers=multipliers)
@@ -68,7 +75,7 @@ def meta_params(learning_rate: float = 5e-3,
   return MetaParams(log_learning_rate=jnp.log(f32(learning_rate)),
                     log_multipliers=jnp.log(f32(multipliers)),
                     weight_decay=f32(weight_decay), momentum=f32(momentum),
-                    clip_norm=f32(clip_norm))
+                    clip_norm=f32(clip_norm), coefficients=coefficients)
 
 
 def with_meta_params(state: train.TrainState,
@@ -121,7 +128,7 @@ def unroll(circuit: circuit_lib.Circuit,
 
   def one_step(state, batch):
     state, _ = train.train_step(circuit, optimizer, state, batch,
-                                compute=compute)
+                                compute=compute, coefficients=meta.coefficients)
     loss = held_out_loss(state.weights) if meta_loss == "average" else 0.0
     return state, loss
 

@@ -14,12 +14,14 @@ as one batched product per shape (``compute.Compute.batched_products``).
 
 ``plasticity`` returns G = -ΔM (decay excluded) with the tree structure of the
 weights, so that it can be fed to any optax chain as if it were a gradient;
-the weight decay -γM belongs to the optimizer.
+the weight decay -γM belongs to the optimizer. Given ``RuleCoefficients`` it
+returns a point of a family of local rules instead, of which the paper's are
+one (docs/algorithm.md, "A family of local rules").
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -133,10 +135,65 @@ def v_bar_factors(weights: Weights, up: circuit_lib.Upstream,
   return [(post[i], down.b_bar[i]) for i in range(len(weights.v_bar))]
 
 
+# The terms of the rule family, in the order of a coefficient row.
+TERMS = ("paper", "hebbian", "oja", "decay")
+
+
+class RuleCoefficients(NamedTuple):
+  """Per family, the weight of each of ``TERMS`` in its update: a [4] row
+  for all its matrices, or [matrices, 4], one row each. A PyTree of arrays,
+  so it can be traced, differentiated and vmapped.
+
+  ΔM = c_paper·(Eqs. 5-8) + c_hebbian·mean(y xᵀ) - c_oja·mean(y²) M - c_decay·M,
+  with y, x the synapse's own post- and presynaptic activities
+  (``own_factors``; docs/algorithm.md, "A family of local rules").
+  """
+  w: Array
+  w_bar: Array
+  v: Array
+  v_bar: Array
+
+
+def paper_coefficients() -> RuleCoefficients:
+  """The family's point that is the paper's rules (and every method's)."""
+  row = jnp.array([1.0, 0.0, 0.0, 0.0], jnp.float32)
+  return RuleCoefficients(row, row, row, row)
+
+
+def own_factors(weights: Weights, up: circuit_lib.Upstream,
+                down: circuit_lib.Downstream,
+                v_bar_signal: str = "preactivation") -> dict[str, Factors]:
+  """(y, x) per matrix: the activity of its postsynaptic neuron and of its
+  presynaptic neuron. For V and V̄ these are the paper's factors already."""
+  num_layers = len(weights.w)
+  w_post = [up.a[l + 1] if l < num_layers - 1 else up.output
+            for l in range(num_layers)]
+  return {
+      "w": list(zip(w_post, up.a)),
+      "w_bar": [(down.b_bar[i], down.b_bar[i + 1])
+                for i in range(len(weights.w_bar))],
+      "v": v_factors(weights, up, down),
+      "v_bar": v_bar_factors(weights, up, down, v_bar_signal),
+  }
+
+
+def _family_terms(coefficients: Array, paper: list[Array], hebbian: list[Array],
+                  own: Factors, matrices: Sequence[Array]) -> list[Array]:
+  """ΔM for each matrix of one family, its terms weighted by the rows."""
+  deltas = []
+  for i, m in enumerate(matrices):
+    c = coefficients if coefficients.ndim == 1 else coefficients[i]
+    post_sq = jnp.mean(jnp.square(own[i][0]), axis=0)
+    deltas.append(c[0] * paper[i] + c[1] * hebbian[i]
+                  - c[2] * post_sq[:, None] * m - c[3] * m)
+  return deltas
+
+
 def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
                down: circuit_lib.Downstream, key: Array | None = None, *,
                batched: bool = False,
-               update_dtype: str | None = None) -> Weights:
+               update_dtype: str | None = None,
+               coefficients: RuleCoefficients | None = None) -> Weights:
   """G = -ΔM for every family (Eqs. 5-8); zeros for families that do not learn.
 
   Args:
@@ -148,6 +205,8 @@ def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
     batched: form equal-shaped products as one batched product.
     update_dtype: the dtype G is returned in; None keeps each matrix's own
       (the products sum in float32 first).
+    coefficients: a point of the rule family (``RuleCoefficients``); None
+      is the paper's rules, computed without the family's extra terms.
 
   Returns:
     Updates with the tree structure of ``weights``, signed like gradients.
@@ -168,9 +227,22 @@ def plasticity(circuit: Circuit, weights: Weights, up: circuit_lib.Upstream,
 
   deltas = iter(outer_means([p for name in factors for p in factors[name]],
                             batched))
+  paper = {name: [next(deltas) for _ in pairs]
+           for name, pairs in factors.items()}
+  if coefficients is not None:
+    own = own_factors(weights, up, down, circuit.v_bar_signal)
+    # For V and V̄ the synapse's own activities are the paper's factors.
+    hebbian_names = [n for n in ("w", "w_bar") if n in factors]
+    products = iter(outer_means([p for n in hebbian_names for p in own[n]],
+                                batched))
+    hebbian = {n: [next(products) for _ in own[n]] for n in hebbian_names}
+    paper = {name: _family_terms(
+        getattr(coefficients, name), paper[name],
+        hebbian.get(name, paper[name]), own[name], getattr(weights, name))
+             for name in paper}
   dtype = update_dtype
   return Weights(*(
-      tuple((-next(deltas)).astype(dtype or m.dtype) for m in family)
+      tuple((-d).astype(dtype or m.dtype) for d, m in zip(paper[name], family))
       if name in factors else
       tuple(jnp.zeros_like(m, dtype=dtype) for m in family)
       for name, family in zip(circuit_lib.FAMILIES, weights)))

@@ -78,17 +78,22 @@ def forward_and_feedback(circuit: Circuit, weights: Weights, batch: Batch):
 def train_step(circuit: Circuit, optimizer: optax.GradientTransformation,
                state: TrainState, batch: Batch, *,
                compute: Compute = compute_lib.DEFAULT,
-               diagnostics: bool = False) -> tuple[TrainState, dict[str, Array]]:
+               diagnostics: bool = False,
+               coefficients: rules.RuleCoefficients | None = None,
+               ) -> tuple[TrainState, dict[str, Array]]:
   """One step of the circuit: both streams, then the local rules via optax.
 
-  Metrics are measured on the batch before the update.
+  Metrics are measured on the batch before the update. ``coefficients``
+  picks a point of the rule family (``rules.RuleCoefficients``; None: the
+  paper's rules).
   """
   batch = as_features(batch)
   up, down = forward_and_feedback(circuit, state.weights, batch)
   grads = rules.plasticity(circuit, state.weights, up, down,
                            key=jax.random.fold_in(state.key, state.step),
                            batched=compute.products_batched(),
-                           update_dtype=compute.update_dtype)
+                           update_dtype=compute.update_dtype,
+                           coefficients=coefficients)
   loss = losses.LOSSES[circuit.loss]
   metrics = {
       "loss": _batch_mean(loss.value(up.output, batch[1])),
